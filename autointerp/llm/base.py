@@ -1,0 +1,103 @@
+"""The one LLM interface every stage uses. Backends (HTTP/OpenAI-compatible, embedded) sit behind it.
+
+Every call returns a result with a `status`; a backend never raises for a failed item (only for
+misconfiguration, as `UserError`, before any work starts). A failed item is recorded as a failure
+by the stage, never turned into a label or a score.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    PARSE_ERROR = "parse_error"          # reply is not JSON
+    SCHEMA_ERROR = "schema_error"        # JSON that breaks the schema
+    TRUNCATED = "truncated"              # finish_reason == 'length'
+    EMPTY = "empty"                      # empty reply
+    SERVER_ERROR = "server_error"        # 5xx, or an error body
+    CLIENT_ERROR = "client_error"        # 4xx other than 429 (bad request, context too long)
+    RATE_LIMITED = "rate_limited"        # 429 after all retries
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    NO_LOGPROBS = "no_logprobs"          # the backend cannot return prompt logprobs
+    UNDEFINED = "undefined"              # a score whose value is mathematically undefined
+
+
+Message = dict[str, str]
+
+
+@dataclass
+class ChatResult:
+    """One chat completion. `parsed` is set only when status is OK and a schema was given."""
+
+    status: Status
+    text: str | None = None
+    parsed: Any = None
+    error: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+@dataclass
+class LogprobsResult:
+    """Top-N next-token logprobs at chosen prompt positions.
+
+    `positions[i]` is a list index into the prompt token ids; `top_logprobs[i]` maps token id ->
+    logprob of that token *at* prompt position `positions[i]` (i.e. predicted from the tokens before it).
+    """
+
+    status: Status
+    positions: list[int] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    error: str | None = None
+    prompt_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """What stages may ask of a model."""
+
+    #: The model name recorded with every label/score (keys resumability).
+    model_name: str
+    #: True when `prompt_logprobs` works (the simulator uses it; else it falls back to JSON).
+    supports_prompt_logprobs: bool
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = 0,
+    ) -> ChatResult:
+        """A chat completion; with `json_schema`, the reply is parsed and validated against it."""
+        ...
+
+    async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:
+        """Teacher-forced top-N logprobs at `positions` of a prompt given as token ids."""
+        ...
+
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (to build token-id prompts), or None if unknown."""
+        ...
+
+    async def aclose(self) -> None:
+        ...

