@@ -57,8 +57,8 @@ class Store:
     def _init_schema(self, read_only: bool) -> None:
         tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "meta" in tables:
-            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else None
+            rows = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+            version = int(rows[0][0]) if rows else None  # fetchall: a half-read result blocks register()
             if version is None or version > SCHEMA_VERSION:
                 raise UserError(
                     f"{self.path} was written by a newer autointerp (schema version {version}, "
@@ -123,7 +123,8 @@ class Store:
     # ------------------------------------------------------------------ corpora
     def has_corpus(self, corpus_id: str) -> bool:
         with self._lock:
-            return self.con.execute("SELECT 1 FROM corpora WHERE corpus_id = ?", [corpus_id]).fetchone() is not None
+            # fetchall, not fetchone: a half-read result blocks the next register() on this connection
+            return bool(self.con.execute("SELECT 1 FROM corpora WHERE corpus_id = ?", [corpus_id]).fetchall())
 
     def add_corpus(self, corpus: dict[str, Any], documents: pd.DataFrame) -> None:
         """Record a corpus and its documents (doc_id, doc_key, split, n_tokens, title); idempotent."""
@@ -167,6 +168,11 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Remove a run and everything derived from it (used by --overwrite and to clear stale partial runs)."""
         with self.transaction():
+            self.delete_run_rows(run_id)
+
+    def delete_run_rows(self, run_id: str) -> None:
+        """`delete_run` without its own transaction: for use inside an enclosing `transaction()`."""
+        with self._lock:
             for table in ("feature_logits", "sae_metrics", "scores", "explanations", "examples", "features", "runs"):
                 self.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
 
@@ -244,10 +250,48 @@ class Store:
         sql += " ORDER BY e.feature_id, e.split, e.kind, e.rank"
         return self.query_df(sql, params)
 
+    # ------------------------------------------------------------------ collect (bulk writes)
+    # Collect writes millions of example rows; building them as Arrow tables from numpy buffers and
+    # inserting those is ~100x faster than DataFrames of Python lists. Call inside `transaction()`.
+    def _insert_arrow(self, table: str, rows: Any, conflict: str = "") -> None:
+        """Insert a pyarrow Table whose columns are a subset of the table's, matched by name."""
+        if rows.num_rows == 0:
+            return
+        with self._lock:
+            view = f"_arrow_{table}"
+            self.con.register(view, rows)
+            try:
+                cols = ", ".join(rows.column_names)
+                self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view} {conflict}")
+            finally:
+                self.con.unregister(view)
+
+    def add_examples_arrow(self, rows: Any) -> None:
+        self._insert_arrow("examples", rows)
+
+    def add_contexts_arrow(self, rows: Any) -> None:
+        """Contexts shared by runs on the same corpus: existing ones are kept."""
+        self._insert_arrow("contexts", rows, "ON CONFLICT DO NOTHING")
+
+    def add_features_arrow(self, rows: Any) -> None:
+        self._insert_arrow("features", rows)
+
+    def stale_runs(self) -> list[RunInfo]:
+        """Runs left with status 'running' (a process that died outside a transaction)."""
+        frame = self.query_df("SELECT * FROM runs WHERE status <> 'complete'")
+        return [RunInfo.from_row(r) for r in frame.to_dict("records")]
+
     # ------------------------------------------------------------------ explanations
     def put_explanation(self, row: dict[str, Any]) -> None:
         """Insert or replace one explanation (keyed by explanation_id); one autocommitted statement."""
         self._upsert("explanations", "explanation_id", row)
+
+    def put_explanations(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert several explanations in ONE commit (group commit: a DuckDB commit costs ~20 ms, so
+        one commit per reply would cap explain at ~40 labels/s); all or none of them are kept."""
+        if not rows:
+            return
+        self._upsert_many("explanations", "explanation_id", rows)
 
     def explanations(self, run_id: str, status: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM explanations WHERE run_id = ?"
@@ -264,6 +308,16 @@ class Store:
             [list(explanation_ids)],
         )
         return dict(zip(frame["explanation_id"], frame["status"], strict=True))
+
+    def explainable_feature_ids(self, run_id: str) -> list[int]:
+        """Live features: firing count > 0 and at least one explain-split 'top' or 'random' example."""
+        frame = self.query_df(
+            "SELECT f.feature_id FROM features f WHERE f.run_id = ? AND f.firing_count > 0 AND EXISTS ("
+            "SELECT 1 FROM examples e WHERE e.run_id = f.run_id AND e.feature_id = f.feature_id "
+            "AND e.split = 'explain' AND e.kind IN ('top', 'random')) ORDER BY f.feature_id",
+            [run_id],
+        )
+        return [int(f) for f in frame["feature_id"]]
 
     # ------------------------------------------------------------------ scores
     def put_score(self, row: dict[str, Any]) -> None:
@@ -284,6 +338,36 @@ class Store:
             [list(score_ids)],
         )
         return dict(zip(frame["score_id"], frame["status"], strict=True))
+
+    def split_leaks(self, run_id: str) -> pd.DataFrame:
+        """Evidence that test examples could have been seen by the explainer (should be empty).
+
+        One row per problem: a document holding both explain-split and test-split examples of the run
+        ('document in both splits'), or an example whose split disagrees with its context's or its
+        document's recorded split ('split mismatch'). Columns: problem, doc_id, feature_id, context_id.
+        """
+        sql = """
+            WITH ex AS (
+                SELECT e.feature_id, e.context_id, e.split AS example_split, c.split AS context_split,
+                       c.doc_id, d.split AS doc_split
+                FROM examples e JOIN runs r ON r.run_id = e.run_id
+                JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id
+                LEFT JOIN documents d ON d.corpus_id = r.corpus_id AND d.doc_id = c.doc_id
+                WHERE e.run_id = ?
+            ),
+            both_splits AS (
+                SELECT doc_id FROM ex GROUP BY doc_id
+                HAVING count(*) FILTER (WHERE example_split = 'test') > 0
+                   AND count(*) FILTER (WHERE example_split = 'explain') > 0
+            )
+            SELECT 'document in both splits' AS problem, ex.doc_id, ex.feature_id, ex.context_id
+            FROM ex JOIN both_splits USING (doc_id)
+            UNION ALL
+            SELECT 'split mismatch' AS problem, doc_id, feature_id, context_id FROM ex
+            WHERE example_split <> context_split OR (doc_split IS NOT NULL AND example_split <> doc_split)
+            ORDER BY problem, doc_id, feature_id, context_id
+        """
+        return self.query_df(sql, [run_id])
 
     # ------------------------------------------------------------------ SAE metrics and output view
     def put_sae_metrics(self, run_id: str, metrics: dict[str, float | None], details: dict[str, Any] | None = None) -> None:
@@ -314,7 +398,158 @@ class Store:
             "SELECT * FROM feature_logits WHERE run_id = ? ORDER BY feature_id, direction, rank", [run_id]
         )
 
+    # ------------------------------------------------------------------ report, compare and export
+    # One label per feature is shown or exported, so these read one "explanation set": the rows of one
+    # (explainer_model, prompt_hash, config_hash), i.e. one explanation_id per feature.
+    def explanation_sets(self, run_id: str) -> pd.DataFrame:
+        """Distinct explanation sets of a run with their counts, the most successful (then newest) first."""
+        return self.query_df(
+            "SELECT explainer_model, prompt_name, prompt_hash, config_hash, count(*) AS n, "
+            "count(*) FILTER (WHERE status = 'ok') AS n_ok, max(created_at) AS last_created "
+            "FROM explanations WHERE run_id = ? GROUP BY ALL ORDER BY n_ok DESC, last_created DESC, "
+            "explainer_model, prompt_hash, config_hash",
+            [run_id],
+        )
+
+    def set_explanations(self, run_id: str, explainer_model: str, prompt_hash: str, config_hash: str) -> pd.DataFrame:
+        """The explanations of one set: one row per feature."""
+        return self.query_df(
+            "SELECT * FROM explanations WHERE run_id = ? AND explainer_model = ? AND prompt_hash = ? "
+            "AND config_hash = ? ORDER BY feature_id",
+            [run_id, explainer_model, prompt_hash, config_hash],
+        )
+
+    def set_scores(self, run_id: str, explainer_model: str, prompt_hash: str, config_hash: str) -> pd.DataFrame:
+        """Scores of one explanation set: per (feature, scorer) the newest row (a rerun with a new scorer
+        config supersedes the old one)."""
+        return self.query_df(
+            "SELECT s.* FROM scores s JOIN explanations e ON e.explanation_id = s.explanation_id "
+            "WHERE e.run_id = ? AND e.explainer_model = ? AND e.prompt_hash = ? AND e.config_hash = ? "
+            "QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer "
+            "ORDER BY s.created_at DESC, s.score_id) = 1 ORDER BY s.feature_id, s.scorer",
+            [run_id, explainer_model, prompt_hash, config_hash],
+        )
+
+    def _catalog_query(
+        self, run_id: str, explanation_set: tuple[str, str, str] | None, scorers: Sequence[str], n_contexts: int
+    ) -> tuple[str, dict[str, Any]]:
+        """One row per feature of the run; see docs/parquet-schema.md. Score columns are per scorer."""
+        model, prompt_hash, config_hash = explanation_set or ("", "", "")  # no set: no label rows match
+        params: dict[str, Any] = {"run": run_id, "m": model, "p": prompt_hash, "c": config_hash, "k": n_contexts}
+        score_cols = []
+        for i, scorer in enumerate(scorers):
+            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
+            params[f"s{i}"] = scorer
+            score_cols.append(
+                f'max(score) FILTER (WHERE scorer = $s{i}) AS "{col}_score", '
+                f"coalesce(max(status) FILTER (WHERE scorer = $s{i}), 'not_scored') AS \"{col}_status\", "
+                f'max(chance) FILTER (WHERE scorer = $s{i}) AS "{col}_chance"'
+            )
+        pivot_cols = ", ".join(score_cols)
+        sc_select = f", {pivot_cols}" if score_cols else ""
+        outer_scores = ""
+        for scorer in scorers:
+            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
+            outer_scores += (
+                f', sc."{col}_score", coalesce(sc."{col}_status", \'not_scored\') AS "{col}_status", '
+                f'sc."{col}_chance"'
+            )
+        sql = f"""
+        WITH lab AS (
+            SELECT feature_id, explanation_id, status, explanation, explainer_model, prompt_name
+            FROM explanations
+            WHERE run_id = $run AND explainer_model = $m AND prompt_hash = $p AND config_hash = $c
+        ), latest AS (
+            SELECT s.feature_id, s.scorer, s.score, s.status, s.chance
+            FROM scores s JOIN lab ON lab.explanation_id = s.explanation_id
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
+                                       ORDER BY s.created_at DESC, s.score_id) = 1
+        ), sc AS (
+            SELECT feature_id{sc_select} FROM latest GROUP BY feature_id
+        ), ranked AS (
+            SELECT e.feature_id, e.split, e.max_activation, e.activations, c.tokens,
+                   row_number() OVER (PARTITION BY e.feature_id
+                                      ORDER BY e.max_activation DESC, e.split, e.rank) AS pos
+            FROM examples e
+            JOIN runs r ON r.run_id = e.run_id
+            JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id
+            WHERE e.run_id = $run AND e.kind = 'top'
+        ), top AS (
+            SELECT feature_id,
+                   list({{'text': array_to_string(tokens, ''), 'tokens': tokens, 'activations': activations,
+                          'max_activation': max_activation, 'split': split}} ORDER BY pos) AS top_contexts
+            FROM ranked WHERE pos <= $k GROUP BY feature_id
+        ), lg AS (
+            SELECT feature_id,
+                   list({{'token': token, 'token_id': token_id, 'value': value}} ORDER BY rank)
+                       FILTER (WHERE direction = 'promote') AS promoted_tokens,
+                   list({{'token': token, 'token_id': token_id, 'value': value}} ORDER BY rank)
+                       FILTER (WHERE direction = 'suppress') AS suppressed_tokens
+            FROM feature_logits WHERE run_id = $run GROUP BY feature_id
+        )
+        SELECT r.sae_name, r.run_id, r.model, r.hook, f.feature_id,
+               CASE WHEN lab.status = 'ok' THEN lab.explanation END AS label,
+               coalesce(lab.status, 'not_explained') AS explanation_status,
+               lab.explainer_model, lab.prompt_name AS explainer_prompt,
+               f.density, f.firing_count, f.max_activation, f.mean_activation{outer_scores},
+               coalesce(top.top_contexts, []) AS top_contexts,
+               lg.promoted_tokens, lg.suppressed_tokens
+        FROM features f
+        JOIN runs r ON r.run_id = f.run_id
+        LEFT JOIN lab ON lab.feature_id = f.feature_id
+        LEFT JOIN sc ON sc.feature_id = f.feature_id
+        LEFT JOIN top ON top.feature_id = f.feature_id
+        LEFT JOIN lg ON lg.feature_id = f.feature_id
+        WHERE f.run_id = $run
+        ORDER BY f.feature_id
+        """
+        return sql, params
+
+    def catalog_df(
+        self, run_id: str, explanation_set: tuple[str, str, str] | None, scorers: Sequence[str], n_contexts: int = 10
+    ) -> pd.DataFrame:
+        """The feature catalog as a DataFrame (same rows and columns as `export_catalog` writes)."""
+        sql, params = self._catalog_query(run_id, explanation_set, scorers, n_contexts)
+        with self._lock:
+            return self.con.execute(sql, params).df()
+
+    def export_catalog(
+        self,
+        run_id: str,
+        path: str | Path,
+        explanation_set: tuple[str, str, str] | None,
+        scorers: Sequence[str],
+        n_contexts: int = 10,
+    ) -> int:
+        """Write the catalog with DuckDB's COPY ... (FORMAT PARQUET); returns the number of rows.
+
+        Written to a temporary file beside `path` and renamed, so a failure never leaves half a file.
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        sql, params = self._catalog_query(run_id, explanation_set, scorers, n_contexts)
+        literal = str(tmp).replace("'", "''")  # COPY takes no parameter for the file name
+        try:
+            with self._lock:
+                self.con.execute(f"COPY ({sql}) TO '{literal}' (FORMAT PARQUET, COMPRESSION ZSTD)", params)
+                n_rows = self.con.execute(
+                    f"SELECT count(*) FROM read_parquet('{literal}')"
+                ).fetchone()[0]
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return int(n_rows)
+
     # ------------------------------------------------------------------ helpers
+    def _upsert_many(self, table: str, key: str, rows: Sequence[dict[str, Any]]) -> None:
+        """One INSERT ... ON CONFLICT statement for many rows (one commit; ~50x faster than row by row)."""
+        frame = pd.DataFrame(
+            [{k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v) for k, v in r.items()} for r in rows]
+        )
+        updates = ", ".join(f"{c} = excluded.{c}" for c in frame.columns if c != key)
+        self._insert_df(table, frame, f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+
     def _upsert(self, table: str, key: str, row: dict[str, Any]) -> None:
         values = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v) for k, v in row.items()}
         cols = list(values)

@@ -1,0 +1,206 @@
+"""`collect(config, store)`: the whole stage, from corpus to a committed run in the store.
+
+Pass 1 streams the corpus into O(d_sae x k) state; pass 2 recomputes the selected contexts and
+writes everything (corpus, documents, contexts, features, examples, the run row) in ONE store
+transaction, so a crash or Ctrl-C leaves no trace of the run. Reruns: same name and same config
+hash -> skipped; same name, other config -> UserError unless `overwrite`; a 'running' row left by
+a dead process is removed first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from autointerp.collect.config import CollectConfig, sae_fingerprint
+from autointerp.collect.pass1 import Pass1Timing, run_pass1
+from autointerp.collect.pass2 import Sink, run_pass2
+from autointerp.collect.rows import feature_table
+from autointerp.collect.selection import select
+from autointerp.collect.state import CollectState
+from autointerp.collect.summary import CollectSummary
+from autointerp.corpus import ContextStream, corpus_id, tokenizer_identity
+from autointerp.errors import UserError
+from autointerp.hashing import short_hash
+from autointerp.models import HookPoint, LoadedModel, load_model, parse_hook
+from autointerp.sae.base import SAE
+from autointerp.store import RunInfo, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectOutcome:
+    run: RunInfo
+    summary: CollectSummary
+    pass1: Pass1Timing | None = None
+
+
+def collect(config: CollectConfig, store: Store, lm: LoadedModel | None = None, sae: SAE | None = None) -> RunInfo:
+    """Run collect (or skip it when this exact run is already stored); returns the stored run."""
+    return run_collect(config, store, lm=lm, sae=sae).run
+
+
+def versions() -> dict[str, str]:
+    import duckdb
+    import transformers
+
+    from autointerp import __version__
+
+    return {"autointerp": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "duckdb": duckdb.__version__}
+
+
+def _check_existing(config: CollectConfig, store: Store, config_hash: str) -> tuple[RunInfo | None, str | None]:
+    """(an identical complete run to return, or None; the run_id to replace inside the write, or None)."""
+    for stale in store.stale_runs():
+        log.warning("removing incomplete run %r (%s) left by a process that did not finish", stale.sae_name, stale.run_id)
+        store.delete_run(stale.run_id)
+    existing = store.run_by_name(config.name)
+    if existing is None:
+        return None, None
+    if existing.config_hash == config_hash and not config.overwrite:
+        return existing, None
+    if not config.overwrite:
+        raise UserError(
+            f"{store.path} already holds an SAE named {config.name!r} collected with a different config "
+            f"(stored config hash {existing.config_hash}, this one {config_hash})",
+            "pass --overwrite to replace it (its explanations and scores are deleted too), "
+            "or choose another --sae-name",
+        )
+    return None, existing.run_id
+
+
+def load_inputs(config: CollectConfig, lm: LoadedModel | None, sae: SAE | None) -> tuple[LoadedModel, HookPoint, SAE]:
+    from autointerp.sae import check_sae_matches, load_sae
+
+    if lm is None:
+        lm = load_model(config.model, device=config.device, dtype=config.dtype)
+    point = parse_hook(config.hook, lm.n_layers)
+    if sae is None:
+        sae = load_sae(config.sae, device=str(lm.device), dtype=lm.dtype)
+    check_sae_matches(sae, lm.hidden_size, config.hook)
+    return lm, point, sae
+
+
+def new_state(config: CollectConfig, sae: SAE, device: torch.device) -> CollectState:
+    return CollectState(sae.d_sae, config.top_k, config.random_k, config.global_sample_size, config.seed, device)
+
+
+def run_collect(
+    config: CollectConfig,
+    store: Store,
+    lm: LoadedModel | None = None,
+    sae: SAE | None = None,
+    measure_baseline: bool = False,
+) -> CollectOutcome:
+    start = time.perf_counter()
+    fingerprint = sae_fingerprint(config.sae)
+    config_hash = config.config_hash(fingerprint)
+    done, replace_run_id = _check_existing(config, store, config_hash)
+    if done is not None:
+        log.info("%s is already collected with this config (run %s); skipping", config.name, done.run_id)
+        summary = CollectSummary(config.name, done.d_sae, 0, 0, 0, config.dense_threshold, done.n_tokens or 0, 0,
+                                 0, 0, 0, 0.0, 0.0, 0.0, skipped=True)
+        return CollectOutcome(done, summary)
+    lm, point, sae = load_inputs(config, lm, sae)
+    spec = config.corpus_spec()
+    stream = ContextStream(spec, lm.tokenizer)
+    state = new_state(config, sae, lm.device)
+    timing = run_pass1(lm, point, sae, stream, state, config.batch_size, progress=config.progress,
+                       measure_baseline=measure_baseline)
+    pass1_seconds = time.perf_counter() - start
+    outcome = write_run(config, store, lm, point, sae, stream, state, config_hash, fingerprint, replace_run_id,
+                        start, pass1_seconds)
+    outcome.pass1 = timing
+    return outcome
+
+
+def write_run(
+    config: CollectConfig,
+    store: Store,
+    lm: LoadedModel,
+    point: HookPoint,
+    sae: SAE,
+    stream: ContextStream,
+    state: CollectState,
+    config_hash: str,
+    fingerprint: Any,
+    replace_run_id: str | None,
+    start: float,
+    pass1_seconds: float,
+) -> CollectOutcome:
+    """Pass 2 and every write of the run, in one transaction (the part rank 0 does in distributed runs)."""
+    spec = stream.spec
+    documents = list(stream.documents)
+    n_tokens, n_contexts = stream.n_tokens, stream.n_contexts
+    cid = corpus_id(spec, tokenizer_identity(lm.tokenizer))
+    run_id = short_hash({"sae_name": config.name, "config_hash": config_hash})
+    selection = select(state)
+    with store.transaction():
+        if replace_run_id is not None:
+            store.delete_run_rows(replace_run_id)
+        store.begin_run(
+            {
+                "run_id": run_id,
+                "sae_name": config.name,
+                "model": config.model,
+                "hook": point.name,
+                "sae_path": config.sae,
+                "sae_architecture": sae.cfg.architecture,
+                "d_in": sae.d_in,
+                "d_sae": sae.d_sae,
+                "corpus_id": cid,
+                "config": {**config.to_dict(), "sae_fingerprint": fingerprint},
+                "config_hash": config_hash,
+                "versions": versions(),
+            }
+        )
+        store.add_corpus(
+            {
+                "corpus_id": cid,
+                "source": spec.source,
+                "tokenizer": tokenizer_identity(lm.tokenizer),
+                "ctx_len": spec.ctx_len,
+                "split_seed": spec.split_seed,
+                "test_fraction": spec.test_fraction,
+                "n_documents": len(documents),
+                "n_contexts": n_contexts,
+                "n_tokens": n_tokens,
+            },
+            pd.DataFrame(
+                {
+                    "doc_id": [d.doc_id for d in documents],
+                    "doc_key": [d.doc_key for d in documents],
+                    "split": [d.split for d in documents],
+                    "n_tokens": [d.n_tokens for d in documents],
+                    "title": [d.title for d in documents],
+                }
+            ),
+        )
+        result = run_pass2(
+            lm, point, sae, ContextStream(spec, lm.tokenizer), selection, run_id, cid, config.batch_size,
+            config.nonactivating_k, Sink(store.add_examples_arrow, store.add_contexts_arrow), progress=config.progress,
+        )
+        store.add_features_arrow(feature_table(run_id, state.stats))
+        store.finish_run(run_id, n_tokens)
+    run = store.run_by_name(config.name)
+    assert run is not None
+    summary = CollectSummary.from_stats(
+        state.stats,
+        config.dense_threshold,
+        sae_name=config.name,
+        n_tokens=n_tokens,
+        n_contexts=n_contexts,
+        n_documents=len(documents),
+        n_examples=result.n_examples,
+        seconds=time.perf_counter() - start,
+        pass1_seconds=pass1_seconds,
+        pass2_seconds=result.seconds,
+    )
+    return CollectOutcome(run, summary)

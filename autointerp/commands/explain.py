@@ -1,0 +1,94 @@
+"""`autointerp explain`: label every live feature of a collected SAE with an explainer LLM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from autointerp.explain.config import ExplainConfig
+    from autointerp.llm import add_llm_arguments
+
+    defaults = ExplainConfig()
+    parser = subparsers.add_parser(
+        "explain",
+        help="write a label for every live feature (resumable)",
+        description="Label each live feature from its explain-split examples. Rerunning skips features that "
+        "already have a label for the same model, prompt and settings, and redoes items that failed on the "
+        "server side (errors, timeouts); --retry-failed also redoes replies that did not parse.",
+    )
+    parser.add_argument("--db", required=True, help="workspace DuckDB file written by `autointerp collect`")
+    parser.add_argument("--sae-name", default=None, help="which SAE in the workspace (needed when it holds several)")
+    add_llm_arguments(parser)
+    parser.add_argument("--features", default=None,
+                        help="subset: ids and ranges (1,5,9 or 0-99), top:N (densest N) or random:N (seeded)")
+    parser.add_argument("--retry-failed", action="store_true", help="also redo replies that did not parse/validate")
+    parser.add_argument("--prompt", default=defaults.prompt, help="template name under prompts/ (default %(default)s)")
+    parser.add_argument("--n-top", type=int, default=defaults.n_top, help="top examples shown (default %(default)s)")
+    parser.add_argument("--n-quantile", type=int, default=defaults.n_quantile,
+                        help="examples across the activation range (default %(default)s)")
+    parser.add_argument("--window", type=int, default=defaults.window,
+                        help="tokens kept around each example's peak; 0 = whole context (default %(default)s)")
+    parser.add_argument("--show-activations", action="store_true", help="write each span's 0-10 activation")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help="completion budget per label (default %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed and random:N seed")
+    parser.add_argument("--retries", type=int, default=defaults.retries,
+                        help="extra attempts after a reply that does not parse (default %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=handle)
+
+
+def config_from_args(args: argparse.Namespace):  # -> ExplainConfig
+    from autointerp.errors import UserError
+    from autointerp.explain.config import ExplainConfig
+
+    try:
+        return ExplainConfig(
+            n_top=args.n_top, n_quantile=args.n_quantile, window=args.window,
+            show_activations=args.show_activations, max_tokens=args.max_tokens, temperature=args.temperature,
+            seed=args.seed, retries=args.retries, prompt=args.prompt,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc), "see `autointerp explain --help` for the allowed values") from exc
+
+
+def quiet_http_logs(args: argparse.Namespace) -> None:
+    """httpx logs every request at INFO; at hundreds of requests/s that buries the progress bar."""
+    import logging
+
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from autointerp.explain.run import explain
+    from autointerp.explain.selection import parse_feature_spec
+    from autointerp.llm import client_from_args
+    from autointerp.prompting import load_prompt
+    from autointerp.store import Store
+
+    quiet_http_logs(args)
+    config = config_from_args(args)
+    load_prompt(config.prompt)  # a missing template is a UserError before anything starts
+    with Store(args.db) as store:
+        run = store.resolve_run(args.sae_name)
+        live = store.explainable_feature_ids(run.run_id)
+        feature_ids = parse_feature_spec(args.features, store.features(run.run_id), live, seed=args.seed)
+        client = client_from_args(args)
+
+        async def go():
+            try:
+                check = getattr(client, "check", None)
+                if check is not None:
+                    await check()  # server down: a UserError here, before any item is written
+                return await explain(store, run, client, config, feature_ids, args.retry_failed,
+                                     progress=not args.no_progress)
+            finally:
+                await client.aclose()
+
+        summary = asyncio.run(go())
+    print(summary.format())
+    return 0 if summary.n_failed == 0 else 1

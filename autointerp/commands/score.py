@@ -1,0 +1,94 @@
+"""`autointerp score`: score every explanation of a collected SAE on its held-out test split."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+ALL_SCORERS = "simulation,detection,fuzzing,embedding"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from autointerp.llm import add_llm_arguments
+    from autointerp.score.config import ScoreConfig
+
+    d = ScoreConfig()
+    parser = subparsers.add_parser(
+        "score",
+        help="score explanations: simulation, detection, fuzzing, embedding (resumable)",
+        description="Score each ok explanation on test-split contexts (documents the explainer never saw). "
+        "Rerunning skips scores already stored for the same explanation, scorer, model, prompt and settings; "
+        "--retry-failed redoes failed ones. Refuses to run if a test context shares a document with an "
+        "explain-split example.",
+    )
+    parser.add_argument("--db", required=True, help="workspace DuckDB file (after collect and explain)")
+    parser.add_argument("--sae-name", default=None, help="which SAE in the workspace (needed when it holds several)")
+    parser.add_argument("--scorers", default=ALL_SCORERS, help="comma-separated (default %(default)s)")
+    add_llm_arguments(parser)
+    parser.add_argument("--features", default=None, help="subset: ids and ranges (1,5,9 or 0-99), top:N or random:N")
+    parser.add_argument("--retry-failed", action="store_true", help="redo scores stored with a failure status")
+    parser.add_argument("--explainer-model", default=None, help="score only labels written by this explainer model")
+    parser.add_argument("--explanation-prompt", default=None, help="score only labels written with this prompt")
+    parser.add_argument("--n-test", type=int, default=d.n_activating,
+                        help="activating test contexts per feature (default %(default)s); non-activating: "
+                        "--nonactivating-ratio x as many")
+    parser.add_argument("--n-top", type=int, default=d.n_top, help="of which from the top examples (default %(default)s)")
+    parser.add_argument("--n-quantiles", type=int, default=d.n_quantiles,
+                        help="activation quantile bins the rest is spread over (default %(default)s)")
+    parser.add_argument("--nonactivating-ratio", type=float, default=d.nonactivating_ratio,
+                        help="non-activating per activating context (default %(default)s)")
+    parser.add_argument("--contexts-per-request", type=int, default=d.simulation_contexts_per_request,
+                        help="simulation: contexts after one shared prefix per request (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.classify_batch_size,
+                        help="detection/fuzzing: contexts per request (default %(default)s)")
+    parser.add_argument("--fuzz-mismarked", type=float, default=d.fuzz_mismarked_fraction,
+                        help="fuzzing: fraction of activating contexts shown with wrong marks (default %(default)s)")
+    parser.add_argument("--temperature", type=float, default=d.temperature)
+    parser.add_argument("--seed", type=int, default=d.seed, help="context sampling, shuffles and fuzz marks")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from autointerp.errors import UserError
+    from autointerp.llm import client_from_args
+    from autointerp.score import ScoreConfig, ascore_features, get_scorer_class
+    from autointerp.store import Store
+
+    scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    if not scorers:
+        raise UserError("--scorers is empty", f"pass e.g. --scorers {ALL_SCORERS}")
+    needs_client = any(get_scorer_class(s).needs_client for s in scorers)  # unknown names fail here
+    config = ScoreConfig(
+        n_activating=args.n_test, n_top=min(args.n_top, args.n_test), n_quantiles=args.n_quantiles,
+        nonactivating_ratio=args.nonactivating_ratio, seed=args.seed, temperature=args.temperature,
+        simulation_contexts_per_request=args.contexts_per_request, classify_batch_size=args.batch_size,
+        fuzz_mismarked_fraction=args.fuzz_mismarked, explainer_model=args.explainer_model,
+        explanation_prompt=args.explanation_prompt,
+    )
+    import logging
+
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    with Store(args.db) as store:
+        run = store.resolve_run(args.sae_name)
+        feature_ids = None
+        if args.features:
+            from autointerp.explain.selection import parse_feature_spec
+
+            explained = sorted({int(f) for f in store.explanations(run.run_id, status="ok")["feature_id"]})
+            feature_ids = parse_feature_spec(args.features, store.features(run.run_id), explained, seed=args.seed)
+        client = client_from_args(args) if needs_client else None
+
+        async def go():
+            try:
+                return await ascore_features(store, run, client, scorers, config, feature_ids,
+                                             args.retry_failed, progress=not args.no_progress)
+            finally:
+                if client is not None:
+                    await client.aclose()
+
+        summary = asyncio.run(go())
+    print(summary.format())
+    failed = sum(n for s in summary.scorers.values() for k, n in s.status_counts.items() if k not in ("ok", "undefined"))
+    return 0 if failed == 0 else 1

@@ -1,0 +1,303 @@
+"""The explain stage: one label per live feature, written to the store as each reply arrives.
+
+Why it is shaped this way:
+- Every feature is one asyncio task; the client's own concurrency limit decides how many are in
+  flight, so a vLLM batch stays full. Prompts are built a bounded window ahead, so memory stays flat
+  for dictionaries of any width.
+- Each result is one autocommitted upsert keyed by (run, feature, model, prompt hash, config hash):
+  kill -9 loses only the items in flight, and a rerun skips what is done without duplicating.
+- A reply that does not parse or validate is retried a bounded number of times and then stored as a
+  failure with its raw text; a failure never carries a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import jsonschema
+from tqdm import tqdm
+
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.formatting import build_messages, examples_by_feature, select_examples
+from autointerp.explain.schema import EXPLANATION_SCHEMA, validate_explanation
+from autointerp.hashing import short_hash
+from autointerp.llm.base import ChatResult, LLMClient, Status
+from autointerp.prompting import PromptTemplate, load_prompt
+from autointerp.store import RunInfo, Store
+
+#: Failures about the reply's content: worth another attempt within the run, and redone on a rerun only
+#: with --retry-failed (the same prompt will likely fail the same way).
+CONTENT_FAILURES = {Status.PARSE_ERROR, Status.SCHEMA_ERROR, Status.EMPTY, Status.TRUNCATED}
+#: Failures of the infrastructure (the client already retried them with backoff): a plain rerun redoes them.
+TRANSIENT_FAILURES = {Status.SERVER_ERROR, Status.TIMEOUT, Status.CONNECTION_ERROR, Status.RATE_LIMITED}
+#: Retries after a content failure sample at least this hot, so a deterministic model can give another reply.
+RETRY_TEMPERATURE = 0.7
+#: Features whose examples are read from the store in one query.
+CHUNK_FEATURES = 256
+
+
+class _GroupWriter:
+    """Writes results as they arrive, all rows that queued up during the previous commit in one commit.
+
+    A DuckDB commit costs ~20-30 ms whatever its size, so one commit per reply would cap the stage at
+    ~40 labels/s; with group commit a reply waits at most one commit before it is durable, and a kill -9
+    loses only replies not yet committed (items in flight).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._loop())
+
+    def put(self, row: dict[str, object]) -> None:
+        if self.task.done():  # the writer died: surface its error instead of queueing forever
+            self.task.result()
+        self.queue.put_nowait(row)
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        await self.task
+
+    async def _loop(self) -> None:
+        while True:
+            rows = [await self.queue.get()]
+            while not self.queue.empty():
+                rows.append(self.queue.get_nowait())
+            last = rows[-1] is None
+            batch = [r for r in rows if r is not None]
+            if batch:
+                await asyncio.to_thread(self.store.put_explanations, batch)
+            if last:
+                return
+
+
+@dataclass
+class ExplainSummary:
+    """What one `explain` call did (printed at the end, returned to callers and the benchmark)."""
+
+    run_id: str
+    model: str
+    prompt: str
+    config_hash: str
+    n_selected: int = 0
+    n_not_live: int = 0             # selected but dead or without explain-split examples
+    n_done_before: int = 0          # already had an ok label for this key
+    n_failed_skipped: int = 0       # earlier content failures left alone (use retry_failed)
+    n_attempted: int = 0
+    n_ok: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def features_per_s(self) -> float:
+        return self.n_attempted / self.wall_s if self.wall_s > 0 else 0.0
+
+    def tokens_per_feature(self) -> tuple[float, float]:
+        """(prompt, completion) tokens per attempted feature, all attempts of a feature included."""
+        n = max(self.n_attempted, 1)
+        return self.prompt_tokens / n, self.completion_tokens / n
+
+    def format(self) -> str:
+        prompt_tok, completion_tok = self.tokens_per_feature()
+        lines = [
+            f"explain: {self.n_ok} labelled, {self.n_failed} failed of {self.n_attempted} attempted "
+            f"in {self.wall_s:.1f} s ({self.features_per_s:.2f} features/s) with {self.model or '?'}",
+            f"  selected {self.n_selected}: {self.n_done_before} already labelled, {self.n_not_live} not live"
+            + (f", {self.n_failed_skipped} earlier failures skipped (rerun with --retry-failed)"
+               if self.n_failed_skipped else ""),
+            f"  tokens per feature: {prompt_tok:.0f} prompt + {completion_tok:.0f} completion",
+        ]
+        if self.failures:
+            lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())))
+        return "\n".join(lines)
+
+
+def explanation_id(run_id: str, feature_id: int, model: str, prompt_hash: str, config_hash: str) -> str:
+    """The key of one label: rerunning with the same model, prompt text and settings finds it."""
+    return short_hash([run_id, int(feature_id), model, prompt_hash, config_hash])
+
+
+async def explain(
+    store: Store,
+    run: RunInfo,
+    client: LLMClient,
+    config: ExplainConfig | None = None,
+    feature_ids: Sequence[int] | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> ExplainSummary:
+    """Label the live features of `run` (all, or those in `feature_ids`) and store each result as it arrives.
+
+    `client.model_name` must be settled (call `await client.check()` first for HTTP clients).
+    Returns a summary; per-item failures are stored and counted, never raised.
+    """
+    config = config or ExplainConfig()
+    template = load_prompt(config.prompt)
+    model = client.model_name
+    summary = ExplainSummary(run_id=run.run_id, model=model, prompt=template.name, config_hash=config.hash)
+    live = set(store.explainable_feature_ids(run.run_id))
+    selected = sorted(live) if feature_ids is None else sorted({int(f) for f in feature_ids})
+    summary.n_selected = len(selected)
+    candidates = [f for f in selected if f in live]
+    summary.n_not_live = len(selected) - len(candidates)
+    keys = {f: explanation_id(run.run_id, f, model, template.hash, config.hash) for f in candidates}
+    statuses = store.explanation_statuses(list(keys.values())) if keys else {}
+    todo: list[int] = []
+    for feature in candidates:
+        status = statuses.get(keys[feature])
+        if status == Status.OK.value:
+            summary.n_done_before += 1
+        elif status is not None and not retry_failed and Status(status) not in TRANSIENT_FAILURES:
+            summary.n_failed_skipped += 1
+        else:
+            todo.append(feature)
+    summary.n_attempted = len(todo)
+    worker = _Worker(store, run, client, config, template, keys, summary, progress)
+    await worker.run_all(todo)
+    return summary
+
+
+class _Worker:
+    """Holds what every item needs; one instance per `explain` call."""
+
+    def __init__(
+        self,
+        store: Store,
+        run: RunInfo,
+        client: LLMClient,
+        config: ExplainConfig,
+        template: PromptTemplate,
+        keys: dict[int, str],
+        summary: ExplainSummary,
+        progress: bool,
+    ) -> None:
+        self.store, self.run, self.client, self.config = store, run, client, config
+        self.template, self.keys, self.summary = template, keys, summary
+        self.show_progress = progress
+        self.bar: tqdm | None = None
+        self._last_postfix = 0.0
+
+    async def run_all(self, todo: list[int]) -> None:
+        started = time.perf_counter()
+        self.started = started
+        # Prompts are prepared this far ahead of the client's limit, so a free slot never waits for the store.
+        ahead = 2 * int(getattr(self.client, "concurrency", None) or 64) + 16
+        window = asyncio.Semaphore(ahead)
+        tasks: set[asyncio.Task[None]] = set()
+        errors: list[BaseException] = []
+        self.bar = tqdm(total=len(todo), unit="feat", desc="explain", disable=not self.show_progress or not todo)
+        self.writer = _GroupWriter(self.store)
+        try:
+            for start in range(0, len(todo), CHUNK_FEATURES):
+                chunk = todo[start : start + CHUNK_FEATURES]
+                frame = await asyncio.to_thread(
+                    self.store.examples, self.run.run_id, chunk, "explain", ["top", "random"]
+                )
+                groups = examples_by_feature(frame)
+                for feature in chunk:
+                    await window.acquire()
+                    if errors:
+                        raise errors[0]
+                    task = asyncio.create_task(self._one(feature, groups[feature]))
+                    tasks.add(task)
+
+                    def done(t: asyncio.Task[None]) -> None:
+                        tasks.discard(t)
+                        window.release()
+                        if not t.cancelled() and t.exception() is not None:
+                            errors.append(t.exception())
+
+                    task.add_done_callback(done)
+            if tasks:
+                await asyncio.gather(*list(tasks))
+            await self.writer.close()
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            if not self.writer.task.done():  # on an error, still commit what already arrived
+                await self.writer.close()
+            self.summary.wall_s = time.perf_counter() - started
+            self.bar.close()
+
+    async def _one(self, feature: int, rows: list[dict[str, object]]) -> None:
+        examples = select_examples(rows, self.config)
+        messages = build_messages(self.template, examples, self.config)
+        result, label, attempts, prompt_tokens, completion_tokens = await self._ask(messages)
+        row = {
+            "explanation_id": self.keys[feature],
+            "run_id": self.run.run_id,
+            "feature_id": int(feature),
+            "explainer_model": self.summary.model,
+            "prompt_name": self.template.name,
+            "prompt_hash": self.template.hash,
+            "config_hash": self.config.hash,
+            "config": self.config.keyed(),
+            "status": result.status.value,
+            "explanation": label,
+            "raw_text": result.text,
+            "error": result.error,
+            "attempts": attempts,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "latency_s": result.latency_s,
+        }
+        self.writer.put(row)
+        self._count(result.status, prompt_tokens, completion_tokens)
+
+    async def _ask(self, messages: list[dict[str, str]]) -> tuple[ChatResult, str | None, int, int, int]:
+        """The final result, its label (None unless ok), attempts and tokens summed over all attempts."""
+        attempts = prompt_tokens = completion_tokens = 0
+        config = self.config
+        for attempt in range(config.retries + 1):
+            result = await self.client.chat(
+                messages,
+                json_schema=EXPLANATION_SCHEMA,
+                max_tokens=config.max_tokens,
+                temperature=config.temperature if attempt == 0 else max(config.temperature, RETRY_TEMPERATURE),
+                seed=config.seed + attempt,
+            )
+            attempts += result.attempts
+            prompt_tokens += result.prompt_tokens
+            completion_tokens += result.completion_tokens
+            if result.status is Status.OK:
+                try:
+                    return result, validate_explanation(result.parsed), attempts, prompt_tokens, completion_tokens
+                except (jsonschema.ValidationError, TypeError, KeyError, AttributeError) as exc:
+                    result.status, result.error = Status.SCHEMA_ERROR, f"explanation reply rejected: {exc}"
+                    result.parsed = None
+            if result.status not in CONTENT_FAILURES:
+                break
+        return result, None, attempts, prompt_tokens, completion_tokens
+
+    def _count(self, status: Status, prompt_tokens: int, completion_tokens: int) -> None:
+        summary = self.summary
+        summary.prompt_tokens += prompt_tokens
+        summary.completion_tokens += completion_tokens
+        if status is Status.OK:
+            summary.n_ok += 1
+        else:
+            summary.failures[status.value] += 1
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._last_postfix > 0.5:
+            self._last_postfix = now
+            elapsed = max(now - self.started, 1e-9)
+            tokens = summary.prompt_tokens + summary.completion_tokens
+            self.bar.set_postfix(failed=summary.n_failed, tok_s=f"{tokens / elapsed:.0f}", refresh=False)
+
+
+def explain_sync(*args: object, **kwargs: object) -> ExplainSummary:
+    """`explain` for synchronous callers (notebooks, scripts): runs it in a fresh event loop."""
+    return asyncio.run(explain(*args, **kwargs))  # type: ignore[arg-type]

@@ -1,0 +1,327 @@
+"""The embedded backend: a transformers causal LM in this process (`--llm local:smollm2`).
+
+For machines without a server: no setup, same interface as the HTTP client. Concurrent calls are
+gathered into padded batches (see `microbatch.py`) and run in one worker thread, so the event loop
+stays free. Chat uses the tokenizer's chat template; temperature 0 is greedy decoding.
+
+JSON replies are not grammar-constrained here; we keep it honest and light: the reply is
+prefilled with the schema's fixed head (`{"explanation": "` for an object whose first required
+property is a string: the only text a guided decoder would allow there anyway; small models
+otherwise wander off before writing any JSON),
+generation stops once a complete top-level JSON object has been written (like a stop sequence),
+and then the reply goes through the same parse / schema checks as every backend (`replies.py`).
+A small model that writes something else gets PARSE_ERROR / SCHEMA_ERROR, never a fake OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status
+from autointerp.llm.microbatch import MicroBatcher
+from autointerp.llm.replies import judge_reply
+
+
+@dataclass
+class _ChatItem:
+    prompt: str            # the templated prompt, ready to tokenize
+    prefill: str           # text the assistant reply starts with (part of the reply)
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    stop_after_json: bool
+
+
+@dataclass
+class _Generated:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _LogprobsItem:
+    token_ids: list[int]
+    positions: list[int]
+    top_n: int
+
+
+def schema_prefill(schema: dict[str, Any] | None) -> str:
+    """The forced start of a reply to an object schema: `{"first_required": ` plus `"` or `[` by its type.
+
+    Only the part every valid reply shares (key order follows `required`, as our prompts ask), so the
+    prefill never makes an invalid reply look valid: the whole text is still parsed and validated.
+    """
+    if not schema or schema.get("type", "object") != "object":
+        return ""
+    properties = schema.get("properties") or {}
+    required = schema.get("required") or []
+    if not required or required[0] not in properties:
+        return "{"
+    first = required[0]
+    head = "{" + json.dumps(first) + ": "
+    kind = properties[first].get("type")
+    if kind == "string":
+        return head + '"'
+    if kind == "array":
+        return head + "["
+    return head
+
+
+def json_object_end(text: str) -> int | None:
+    """Index just past the first complete top-level JSON object or array in `text`, else None."""
+    depth = 0
+    in_string = escaped = False
+    started = False
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+            started = True
+        elif char in "}]":
+            depth -= 1
+            if started and depth == 0:
+                return index + 1
+    return None
+
+
+class LocalClient:
+    """`LLMClient` over a transformers model loaded with `autointerp.models.load_model`."""
+
+    supports_prompt_logprobs = True
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.005,
+        json_prefill: bool = True,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        self.spec = spec
+        self.model_name = f"local:{spec}"
+        self.device = device
+        self.dtype = dtype
+        self.json_prefill = json_prefill
+        self.max_batch_tokens = max_batch_tokens
+        self._lm: Any = None
+        self._load_lock = threading.Lock()
+        # One thread: the model is not used concurrently, and this CPU has few cores to share anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
+        self._chat_batcher: MicroBatcher[_ChatItem, _Generated] = MicroBatcher(
+            self._generate_batch, self._executor, max_batch_size, batch_wait_s)
+        self._logprobs_batcher: MicroBatcher[_LogprobsItem, list[dict[int, float]]] = MicroBatcher(
+            self._logprobs_batch, self._executor, max_batch_size, batch_wait_s)
+
+    def __repr__(self) -> str:
+        return f"LocalClient({self.spec!r}, device={self.device!r})"
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> Any:
+        with self._load_lock:
+            if self._lm is None:
+                from autointerp.models import load_model
+
+                self._lm = load_model(self.spec, device=self.device, dtype=self.dtype)
+            return self._lm
+
+    async def check(self) -> None:
+        """Load the model now (a bad spec is a UserError before any work starts)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def tokenizer(self) -> Any:
+        return self._load().tokenizer
+
+    async def aclose(self) -> None:
+        # The model stays loaded: a client is usually closed at the end of the process.
+        return None
+
+    async def __aenter__(self) -> LocalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = 0,
+    ) -> ChatResult:
+        started = time.perf_counter()
+        tokenizer = await asyncio.get_running_loop().run_in_executor(self._executor, self.tokenizer)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        wants_object = json_schema is not None and json_schema.get("type", "object") == "object"
+        prefill = schema_prefill(json_schema) if wants_object and self.json_prefill else ""
+        item = _ChatItem(prompt, prefill, max_tokens, temperature, seed, stop_after_json=json_schema is not None)
+        generated = await self._chat_batcher.submit(item)
+        verdict = judge_reply(generated.text, generated.finish_reason, json_schema)
+        return ChatResult(
+            verdict.status, text=generated.text, parsed=verdict.parsed, error=verdict.error,
+            finish_reason=generated.finish_reason, prompt_tokens=generated.prompt_tokens,
+            completion_tokens=generated.completion_tokens, latency_s=time.perf_counter() - started,
+        )
+
+    def _generate_batch(self, items: list[_ChatItem]) -> list[_Generated]:
+        """Runs in the worker thread; items with different sampling settings run as separate batches."""
+        groups: dict[tuple[float, int | None], list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault((item.temperature, item.seed), []).append(index)
+        results: list[_Generated | None] = [None] * len(items)
+        for indices in groups.values():
+            for index, result in zip(indices, self._generate_group([items[i] for i in indices]), strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
+
+    def _generate_group(self, items: list[_ChatItem]) -> list[_Generated]:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        lm = self._load()
+        tokenizer, model = lm.tokenizer, lm.model
+        # Left padding: generation continues at the right edge of every row. Restored after, since
+        # callers share this tokenizer (e.g. the simulator builds prompts with it).
+        saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            encoded = tokenizer([item.prompt + item.prefill for item in items], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+        finally:
+            tokenizer.padding_side = saved_side
+        prompt_length = encoded["input_ids"].shape[1]
+        stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        configured_eos = model.generation_config.eos_token_id
+        stop_ids |= set(configured_eos if isinstance(configured_eos, list) else [configured_eos])
+        stop_ids.discard(None)
+
+        class JsonDone(StoppingCriteria):
+            """Stops a row once its reply holds a complete JSON object (rows without a schema never stop here)."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                for row, item in enumerate(items):
+                    if item.stop_after_json:
+                        text = item.prefill + tokenizer.decode(input_ids[row, prompt_length:], skip_special_tokens=True)
+                        done[row] = json_object_end(text) is not None
+                return done
+
+        first = items[0]
+        sample = first.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max(item.max_tokens for item in items),
+            do_sample=sample,
+            temperature=first.temperature if sample else None,
+            top_p=1.0 if sample else None,
+            top_k=0 if sample else None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(stop_ids),
+        )
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        criteria = StoppingCriteriaList([JsonDone()]) if any(i.stop_after_json for i in items) else None
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=encoded["input_ids"].to(lm.device),
+                attention_mask=encoded["attention_mask"].to(lm.device),
+                generation_config=config,
+                stopping_criteria=criteria,
+            )
+        results = []
+        for row, item in enumerate(items):
+            new_ids = output[row, prompt_length:].tolist()[: item.max_tokens]
+            ended = next((i for i, token in enumerate(new_ids) if token in stop_ids), None)
+            reply_ids = new_ids if ended is None else new_ids[:ended]
+            text = item.prefill + tokenizer.decode(reply_ids, skip_special_tokens=True)
+            finish = "stop" if ended is not None else "length"
+            if item.stop_after_json:
+                end = json_object_end(text)
+                if end is not None:
+                    text, finish = text[:end], "stop"
+            results.append(_Generated(text, finish, int(encoded["attention_mask"][row].sum()), len(reply_ids)))
+        return results
+
+    # ------------------------------------------------------------------ prompt logprobs
+
+    async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:
+        if top_n < 1:
+            raise ValueError(f"top_n must be at least 1, got {top_n}")
+        bad = [p for p in positions if not 1 <= p < len(token_ids)]
+        if bad:
+            raise ValueError(f"positions {bad} are outside 1..{len(token_ids) - 1} (position 0 has no prediction)")
+        started = time.perf_counter()
+        top = await self._logprobs_batcher.submit(_LogprobsItem(list(token_ids), list(positions), top_n))
+        return LogprobsResult(Status.OK, positions=list(positions), top_logprobs=top, prompt_tokens=len(token_ids),
+                              latency_s=time.perf_counter() - started)
+
+    def _logprobs_batch(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]]]:
+        """Teacher-forced forward passes, a token budget at a time, keeping logits only where asked."""
+        out: list[list[dict[int, float]]] = []
+        chunk: list[_LogprobsItem] = []
+        for item in items:
+            longest = max([len(i.token_ids) for i in chunk] + [len(item.token_ids)])
+            if chunk and longest * (len(chunk) + 1) > self.max_batch_tokens:
+                out += self._logprobs_chunk(chunk)
+                chunk = []
+            chunk.append(item)
+        if chunk:
+            out += self._logprobs_chunk(chunk)
+        return out
+
+    def _logprobs_chunk(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]]]:
+        import torch
+
+        lm = self._load()
+        model = lm.model
+        pad = lm.tokenizer.pad_token_id or 0
+        length = max(len(item.token_ids) for item in items)
+        # Right padding: real tokens keep positions 0..n-1, exactly as in an unpadded forward pass.
+        input_ids = torch.full((len(items), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids)
+            attention_mask[row, : len(item.token_ids)] = 1
+        backbone = getattr(model, model.base_model_prefix, None)
+        head = model.get_output_embeddings()
+        # Models that rescale logits after the head (Gemma 2's softcapping, Cohere's logit_scale) take the full path.
+        rescaled = any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
+        with torch.inference_mode():
+            if backbone is not None and head is not None and not rescaled:
+                # Only the asked positions go through the (vocabulary-wide) LM head: saves memory and time.
+                hidden = backbone(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device),
+                                  use_cache=False).last_hidden_state
+                rows = [head(hidden[row, [p - 1 for p in item.positions]]) for row, item in enumerate(items)]
+            else:
+                logits = model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device),
+                               use_cache=False).logits
+                rows = [logits[row, [p - 1 for p in item.positions]] for row, item in enumerate(items)]
+            results = []
+            for item, row_logits in zip(items, rows, strict=True):
+                logprobs = torch.log_softmax(row_logits.float(), dim=-1)
+                values, indices = logprobs.topk(min(item.top_n, logprobs.shape[-1]), dim=-1)
+                results.append([
+                    dict(zip(idx.tolist(), val.tolist(), strict=True)) for val, idx in zip(values, indices, strict=True)
+                ])
+        return results

@@ -1,0 +1,76 @@
+"""Gathering concurrent async calls into one batch for a model that runs in a worker thread.
+
+The stages fire many `chat` / `prompt_logprobs` calls at once (as they would at vLLM). An
+in-process model is much faster on a padded batch than on one request at a time, and must run off
+the event loop so the loop keeps serving. The batcher waits a few milliseconds after the first call
+for others to arrive, then hands the batch to one worker thread (the model is used by one thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class MicroBatcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], list[Result]],
+        executor: Executor,
+        max_batch_size: int = 8,
+        wait_s: float = 0.005,
+    ) -> None:
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self.batch_sizes: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._queue is None:
+            # A new event loop (e.g. a second asyncio.run): queues and tasks cannot cross loops.
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._worker = loop.create_task(self._work(self._queue))
+        future: asyncio.Future[Result] = loop.create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _work(self, queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.wait_s
+            while len(batch) < self.max_batch_size:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            live = [(item, future) for item, future in batch if not future.cancelled()]
+            if not live:
+                continue
+            self.batch_sizes.append(len(live))
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])
+            except Exception as exc:  # noqa: BLE001 - a bug or OOM in the model: every caller sees it
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

@@ -1,0 +1,162 @@
+"""The one interface every scorer implements, the records it works on, and the registry by name.
+
+A scorer is a class in its own module under `autointerp/score/` decorated with
+`@register_scorer`; its prompt is a template under `prompts/`. The runner (`runner.py`) finds it
+by name, gives it one `FeatureToScore` at a time (as asyncio tasks, so a shared LLM client can keep
+a server's batch full) and stores the `ScoreOutcome` it returns. Adding a scorer is one new file
+plus a prompt: modules in this package are imported on first lookup.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from autointerp.errors import UserError
+from autointerp.llm.base import LLMClient, Status
+from autointerp.prompting import load_prompt
+from autointerp.score.config import ScoreConfig
+
+
+@dataclass(frozen=True)
+class TestContext:
+    """One held-out context of a feature, as the scorers see it.
+
+    Position 0 of every stored context is an attention sink (activation forced to 0 by collect);
+    it is dropped here, so `token_ids`, `tokens` and `activations` all start at position 1 and no
+    scorer shows or counts it.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    context_id: int
+    doc_id: int
+    kind: str                    # 'top' | 'random' | 'nonactivating' (the store's example kind)
+    group: str                   # 'top' | 'q1'..'qN' (quantile of the random sample, q1 lowest) | 'nonactivating'
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...]
+
+    @property
+    def activating(self) -> bool:
+        return self.kind != "nonactivating"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+@dataclass(frozen=True)
+class FeatureToScore:
+    """One explanation of one feature plus the test contexts every scorer of this run uses."""
+
+    explanation_id: str
+    feature_id: int
+    explanation: str
+    max_activation: float        # over the whole collect run (both splits); scales true activations
+    contexts: tuple[TestContext, ...]
+    seed: int                    # per-feature seed derived from the config seed (shuffles, fuzz marks)
+
+
+@dataclass
+class ScoreOutcome:
+    """What a scorer returns for one feature. `score` is set only when status is 'ok'."""
+
+    status: str
+    score: float | None = None
+    chance: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.status, Status):
+            self.status = self.status.value
+        if self.status != Status.OK.value and self.score is not None:
+            raise ValueError(f"a score with status {self.status!r} must not carry a value")
+        if self.status == Status.OK.value and self.score is None:
+            raise ValueError("status 'ok' needs a score value")
+
+
+class Scorer(ABC):
+    """Base class: subclasses set `name` and `prompt_name` and implement `score`."""
+
+    name: ClassVar[str]
+    #: Template under prompts/ (its hash keys stored scores); None for scorers without a prompt.
+    prompt_name: ClassVar[str | None] = None
+    #: False for scorers that need no LLM (embedding).
+    needs_client: ClassVar[bool] = True
+    #: Bump when the scorer's own logic changes in a way that changes its numbers.
+    method_version: ClassVar[int] = 1
+    #: ScoreConfig fields (beyond the shared sampling fields) that change this scorer's numbers.
+    config_keys: ClassVar[tuple[str, ...]] = ("temperature",)
+
+    def __init__(self, client: LLMClient | None, config: ScoreConfig) -> None:
+        if self.needs_client and client is None:
+            raise UserError(f"scorer {self.name!r} needs an LLM", "pass --llm (e.g. local:smollm2 or a server URL)")
+        self.client = client
+        self.config = config
+
+    @property
+    def model_name(self) -> str:
+        """The model that produced the score (keys resumability)."""
+        assert self.client is not None
+        return self.client.model_name
+
+    @property
+    def prompt_hash(self) -> str:
+        """Template hash plus method version: editing either re-scores instead of mixing versions."""
+        template_hash = load_prompt(self.prompt_name).hash if self.prompt_name else "none"
+        return f"{template_hash}-m{self.method_version}"
+
+    def config_for_hash(self) -> dict[str, Any]:
+        """The settings that change this scorer's numbers (part of the score key)."""
+        return self.config.hashed_fields(self.config_keys)
+
+    @abstractmethod
+    async def score(self, item: FeatureToScore) -> ScoreOutcome:
+        """Score one explanation; never raises for a model failure (returns a failure status)."""
+
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+_DISCOVERED = False
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer available by its `name`."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two scorers are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import every module of this package once, so their @register_scorer decorators run."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import autointerp.score as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    _DISCOVERED = True
+
+
+def available_scorers() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_scorer_class(name: str) -> type[Scorer]:
+    _discover()
+    if name not in _REGISTRY:
+        raise UserError(
+            f"unknown scorer {name!r}",
+            f"choose from: {', '.join(sorted(_REGISTRY))} (comma-separated in --scorers)",
+        )
+    return _REGISTRY[name]

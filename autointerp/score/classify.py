@@ -1,0 +1,132 @@
+"""Shared machinery of the classification scorers (detection, fuzzing).
+
+The model sees a shuffled batch of test contexts and answers, per context, 1 (the explanation
+applies) or 0 as JSON `{"answers": [...]}`; the reply must have exactly one 0/1 (or boolean) per
+context. A batch whose reply is missing, unparsable or of the wrong length makes the feature's
+score a failure with that status: it is never counted as a wrong answer, let alone a 0.
+Score = balanced accuracy (chance 0.5, also when the classes are unbalanced); precision, recall,
+F1 and the confusion counts go in details. AUC needs per-context probabilities; these scorers ask
+for hard answers only, so details.auc is None with the reason given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autointerp.llm.base import ChatResult, Status
+from autointerp.prompting import load_prompt
+from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, TestContext
+from autointerp.score.metrics import classification_metrics
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One context as shown to the model, with the answer that counts as correct."""
+
+    context: TestContext
+    text: str
+    label: bool          # True: the explanation applies (detection) / the marks are right (fuzzing)
+    variant: str         # 'activating', 'nonactivating', 'mismarked'
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def answers_schema(n: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"answers": {"type": "array", "minItems": n, "maxItems": n, "items": {"enum": [0, 1]}}},
+        "required": ["answers"],
+    }
+
+
+def parse_answers(result: ChatResult, n: int) -> tuple[list[bool] | None, str | None]:
+    """The n answers of a reply, or (None, why not)."""
+    if not result.ok:
+        return None, f"{result.status.value}: {result.error}"
+    answers = result.parsed.get("answers") if isinstance(result.parsed, dict) else None
+    if not isinstance(answers, list) or len(answers) != n:
+        got = len(answers) if isinstance(answers, list) else type(answers).__name__
+        return None, f"expected {n} answers, got {got}"
+    out = []
+    for value in answers:
+        if isinstance(value, bool) or value in (0, 1):
+            out.append(bool(value))
+        else:
+            return None, f"answer {value!r} is not 0/1"
+    return out, None
+
+
+class ClassificationScorer(Scorer):
+    """Base of detection and fuzzing: subclasses say how a context is shown and labelled."""
+
+    config_keys: ClassVar[tuple[str, ...]] = ("classify_batch_size", "temperature")
+    #: Added to the feature seed so detection and fuzzing shuffle differently but reproducibly.
+    seed_offset: ClassVar[int] = 0
+
+    def prepare(self, item: FeatureToScore, rng: np.random.Generator) -> list[Shown]:
+        raise NotImplementedError
+
+    async def score(self, item: FeatureToScore) -> ScoreOutcome:
+        assert self.client is not None
+        rng = np.random.default_rng(item.seed + self.seed_offset)
+        shown = self.prepare(item, rng)
+        if not shown:
+            return ScoreOutcome(Status.UNDEFINED.value, error="no test contexts for this feature")
+        order = rng.permutation(len(shown))
+        shown = [shown[i] for i in order]
+        size = self.config.classify_batch_size
+        batches = [shown[i : i + size] for i in range(0, len(shown), size)]
+        template = load_prompt(self.prompt_name or "")
+
+        async def ask(batch: list[Shown]) -> ChatResult:
+            text = template.render(explanation=item.explanation, n=len(batch), texts=[s.text for s in batch])
+            return await self.client.chat(  # type: ignore[union-attr]
+                [{"role": "user", "content": text}], json_schema=answers_schema(len(batch)),
+                max_tokens=4 * len(batch) + 32, temperature=self.config.temperature, seed=self.config.seed,
+            )
+
+        results = await asyncio.gather(*[ask(b) for b in batches])
+        tokens = {
+            "prompt_tokens": sum(r.prompt_tokens for r in results),
+            "completion_tokens": sum(r.completion_tokens for r in results),
+            "latency_s": sum(r.latency_s for r in results),
+        }
+        predictions: list[bool] = []
+        for batch, result in zip(batches, results, strict=True):
+            answers, error = parse_answers(result, len(batch))
+            if answers is None:
+                status = result.status.value if not result.ok else Status.SCHEMA_ERROR.value
+                n_bad = sum(parse_answers(r, len(b))[0] is None for b, r in zip(batches, results, strict=True))
+                return ScoreOutcome(status, error=f"{n_bad}/{len(batches)} batches unusable; first: {error}",
+                                    details={"n_batches": len(batches), "raw_text": (result.text or "")[:500]},
+                                    **tokens)
+            predictions.extend(answers)
+        labels = [s.label for s in shown]
+        metrics = classification_metrics(labels, predictions)
+        by_variant_group: dict[str, dict[str, int]] = {}
+        for s, p in zip(shown, predictions, strict=True):
+            key = f"{s.variant}:{s.context.group}"
+            entry = by_variant_group.setdefault(key, {"n": 0, "said_yes": 0})
+            entry["n"] += 1
+            entry["said_yes"] += int(p)
+        details = {
+            **metrics.as_dict(),
+            "auc": None,
+            "auc_note": "not computed: answers are hard 0/1 (no per-context probabilities)",
+            "n_batches": len(batches),
+            "batch_size": size,
+            "by_variant_group": by_variant_group,
+            "items": [{"context_id": s.context.context_id, "variant": s.variant, "group": s.context.group,
+                       "label": int(s.label), "predicted": int(p)} for s, p in zip(shown, predictions, strict=True)],
+        }
+        if metrics.balanced_accuracy is None:
+            return ScoreOutcome(Status.UNDEFINED.value, chance=0.5, details=details,
+                                error="balanced accuracy undefined: the test set lacks one of the two classes",
+                                **tokens)
+        return ScoreOutcome(Status.OK.value, score=metrics.balanced_accuracy, chance=0.5, details=details, **tokens)
