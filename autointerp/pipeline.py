@@ -78,8 +78,17 @@ def _sae_exists(out: str | None) -> bool:
     return bool(out) and (Path(out) / "cfg.json").is_file()
 
 
+#: Exit code of a stage that finished but stored some items as failures (bad input exits 2).
+PARTIAL_FAILURE = 1
+
+
 def run_config(config: Mapping[str, Any]) -> int:
-    """Run each configured stage through the CLI; stop at the first failing stage."""
+    """Run each configured stage through the CLI.
+
+    A stage that stops on bad input (exit 2, or anything but 0/1) stops the run. A stage that finished
+    with some items stored as failures (exit 1: e.g. labels that did not parse) does not: later stages
+    work on what succeeded, and the run exits 1 at the end so scripts can tell.
+    """
     from autointerp.cli import build_parser, main
 
     parser = build_parser()
@@ -91,12 +100,19 @@ def run_config(config: Mapping[str, Any]) -> int:
             raise UserError(f"stage {stage!r} is not available in this install", "remove its section")
         return {opt for action in sub._actions for opt in action.option_strings}
 
+    partial = []
     for argv in stage_argvs(config, known_flags):
         started = time.perf_counter()
         print(f"\n[run] autointerp {' '.join(argv)}", flush=True)
         code = main(argv)
-        if code != 0:
+        if code == PARTIAL_FAILURE:
+            partial.append(argv[0])
+            print(f"[run] {argv[0]}: some items failed (stored with their status); continuing", file=sys.stderr)
+        elif code != 0:
             print(f"[run] stage {argv[0]} failed (exit {code}); later stages not run", file=sys.stderr)
             return code
         print(f"[run] {argv[0]} done in {time.perf_counter() - started:.1f} s", flush=True)
+    if partial:
+        print(f"[run] finished; stages with failed items: {', '.join(partial)} (see the report)", flush=True)
+        return PARTIAL_FAILURE
     return 0

@@ -25,4 +25,5 @@ if [[ $with_test == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
         echo "note: chromium not found; the browser test will be skipped (install Debian's chromium to run it)" >&2
     fi
 fi
+command -v pyenv >/dev/null 2>&1 && pyenv rehash  # expose the `autointerp` console script
 echo "autointerp installed: $("$PY" -m autointerp --version)"

@@ -128,18 +128,20 @@ def test_state_top_and_stats_match_brute_force_and_merge_exactly() -> None:
 
 
 def test_random_sample_is_a_uniform_sample_of_activating_contexts() -> None:
+    from autointerp.collect.keys import feature_salts
+
     d, n, k = 3, 20, 5
     maxima = torch.zeros(n, d)
     maxima[:, 0] = 1.0                 # feature 0 fires everywhere
     maxima[::2, 1] = torch.arange(1, 11, dtype=torch.float32)  # feature 1 on even contexts only
-    codes = BatchCodes(maxima, torch.empty(0, dtype=torch.long), torch.empty(0), n)
     counts = np.zeros((d, n))
     for seed in range(400):
-        state = CollectState(d, 2, k, 8, seed=seed)
-        state.update(codes, torch.arange(n), torch.zeros(n, dtype=torch.long))
-        keys = state.random[0].keys
+        holder = KeyTopK(d, k)
+        for start in (0, 7, 13):       # in three uneven batches
+            ids = torch.arange(start, {0: 7, 7: 13, 13: n}[start])
+            holder.update(random_keys(maxima[ids] > 0, ids, feature_salts(d, seed), seed).T)
         for f in range(d):
-            chosen = random_key_contexts(keys[f][keys[f] >= 0])
+            chosen = random_key_contexts(holder.keys[f][holder.keys[f] >= 0])
             counts[f, chosen.numpy()] += 1
     assert counts[2].sum() == 0  # a feature that never fires has no sample
     assert counts[1, 1::2].sum() == 0 and set(np.nonzero(counts[1])[0]) == set(range(0, n, 2))
@@ -327,6 +329,7 @@ def test_crash_mid_run_leaves_no_run_and_stale_running_row_is_cleaned(
         store.begin_run({"run_id": "stale", "sae_name": "s", "model": "m", "hook": "layers.1", "sae_path": "x",
                          "sae_architecture": "topk", "d_in": 64, "d_sae": 32, "corpus_id": "c", "config": {},
                          "config_hash": "h", "versions": {}})
+        assert store.runs() == [] and store.run_by_name("s") is None  # readers ignore incomplete runs
         run = collect(tiny_config(tiny_model_dir, sae_dir), store)
         assert run.status == "complete" and [r.run_id for r in store.stale_runs()] == []
 
@@ -361,12 +364,12 @@ def test_distributed_two_ranks_equal_single_process(tmp_path: Path, tiny_model_d
               "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     single, multi = tmp_path / "single.duckdb", tmp_path / "multi.duckdb"
-    subprocess.run([sys.executable, "-m", "autointerp", "collect", *common, "--db", str(single)],
-                   check=True, env=env, cwd=tmp_path, capture_output=True)
+    subprocess.run([sys.executable, "-m", "autointerp", "collect", *common, "--db", str(single), "--spill-gb", "0"],
+                   check=True, env=env, cwd=tmp_path, capture_output=True, timeout=600)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "autointerp.collect.distributed", *common, "--db", str(multi)],
-        env=env, cwd=tmp_path, capture_output=True, text=True,
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(2 ranks)" in result.stdout
@@ -386,3 +389,54 @@ def test_distributed_two_ranks_equal_single_process(tmp_path: Path, tiny_model_d
         ca = a.query_df("SELECT * FROM contexts ORDER BY context_id")
         cb = b.query_df("SELECT * FROM contexts ORDER BY context_id")
         assert ca["context_id"].equals(cb["context_id"])
+
+
+def test_spilled_codes_equal_recomputation_and_limit_falls_back(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="autointerp.collect.spill")
+    sae_dir = make_sae_dir(tmp_path / "sae", d_sae=40, architecture="jumprelu")
+    frames = {}
+    for name, spill_gb in (("spill", 20.0), ("recompute", 0.0), ("over-limit", 1e-6)):
+        caplog.clear()
+        with Store(tmp_path / f"{name}.duckdb") as store:
+            run = collect(tiny_config(tiny_model_dir, sae_dir, spill_gb=spill_gb), store)
+            frames[name] = store.examples(run.run_id)
+            assert not list(tmp_path.glob(".autointerp-spill-*"))  # the spill is deleted
+            assert ("passed the spill limit" in caplog.text) == (name == "over-limit")
+    keys = ["feature_id", "split", "kind", "rank", "context_id"]
+    for name in ("recompute", "over-limit"):
+        assert frames[name][keys].equals(frames["spill"][keys])
+        np.testing.assert_allclose(np.concatenate(frames[name]["activations"].to_numpy()),
+                                   np.concatenate(frames["spill"]["activations"].to_numpy()), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- real model (slow)
+@pytest.mark.slow
+def test_end_to_end_real_smollm2(tmp_path: Path, smollm2) -> None:
+    """A few thousand wiki tokens through SmolLM2-135M layer 15 and a random 2k-latent TopK SAE."""
+    from autointerp.models import activations_at_hook, parse_hook
+
+    sae = make_random_sae(smollm2.hidden_size, 2048, "topk", k=16, seed=0)
+    config = CollectConfig(model="smollm2", hook="layers.15", sae="random-topk-2048", sae_name="real", tokens=3000,
+                           top_k=8, random_k=8, nonactivating_k=4, batch_size=16, progress=False)
+    db = tmp_path / "real.duckdb"
+    with Store(db) as store:
+        outcome = run_collect(config, store, lm=smollm2, sae=sae)
+        assert outcome.summary.alive > 1000 and outcome.summary.n_tokens > 2900
+        run = store.resolve_run("real")
+        examples = store.examples(run.run_id)
+        features = store.features(run.run_id)
+    assert set(examples["kind"]) == {"top", "random", "nonactivating"} and set(examples["split"]) == {"explain", "test"}
+    sample = examples.groupby(["kind", "split"]).head(6)
+    ids = [list(t) for t in sample["token_ids"]]
+    for row, token_ids in zip(sample.itertuples(), ids, strict=True):
+        hidden = activations_at_hook(smollm2, parse_hook("layers.15"), torch.tensor([token_ids]))
+        expected = sae.encode(hidden)[0, :, row.feature_id].float().numpy()
+        expected[0] = 0.0
+        np.testing.assert_allclose(np.asarray(row.activations), expected, rtol=1e-3, atol=1e-4)
+    assert (features["firing_count"] > 0).sum() == outcome.summary.alive
+    with Store(db) as store:  # a rerun with the same config is skipped
+        assert run_collect(config, store, lm=smollm2, sae=sae).summary.skipped

@@ -59,19 +59,39 @@ def write_sparsify(directory: Path, cfg: dict, tensors: dict[str, np.ndarray]) -
 
 def v6_cfg(architecture: str, **extra) -> dict:
     return {
-        "architecture": architecture, "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"model_name": "toy", "hook_name": "blocks.3.hook_resid_post", "sae_lens_version": "6.5.0"},
+        "architecture": architecture,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": "toy",
+            "hook_name": "blocks.3.hook_resid_post",
+            "sae_lens_version": "6.5.0",
+        },
         **extra,
     }
 
 
 def v5_cfg(activation: str, **extra) -> dict:
     return {
-        "architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
-        "model_name": "toy", "hook_point": "blocks.3.hook_resid_post", "hook_point_layer": 3,
-        "activation_fn_str": activation, "apply_b_dec_to_input": True, "finetuning_scaling_factor": False,
-        "normalize_activations": "none", "sae_lens_training_version": "3.1.0", **extra,
+        "architecture": "standard",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "device": "cpu",
+        "model_name": "toy",
+        "hook_point": "blocks.3.hook_resid_post",
+        "hook_point_layer": 3,
+        "activation_fn_str": activation,
+        "apply_b_dec_to_input": True,
+        "finetuning_scaling_factor": False,
+        "normalize_activations": "none",
+        "sae_lens_training_version": "3.1.0",
+        **extra,
     }
 
 
@@ -160,7 +180,9 @@ def test_saelens_relu_without_b_dec_on_input(tmp_path):
 def test_saelens_jumprelu(tmp_path, stored):
     w = random_weights()
     threshold = np.abs(RNG.normal(scale=2.0, size=D_SAE)).astype(np.float32)
-    tensors = dict(w, **({"threshold": threshold} if stored == "threshold" else {"log_threshold": np.log(threshold)}))
+    tensors = dict(
+        w, **({"threshold": threshold} if stored == "threshold" else {"log_threshold": np.log(threshold)})
+    )
     sae = load_sae(write_saelens(tmp_path / "sae", v6_cfg("jumprelu"), tensors))
     x = inputs()
     f = ref_encode(x, dict(w, threshold=threshold), "jumprelu")
@@ -176,8 +198,11 @@ def test_saelens_topk(tmp_path, layout):
     cfg = {
         "v6": v6_cfg("topk", k=5),
         "v5_kwargs": v5_cfg("topk", activation_fn_kwargs={"k": 5}),
-        "v5_renamed": {**{k: v for k, v in v5_cfg("x").items() if k != "activation_fn_str"},
-                       "activation_fn": "topk", "activation_fn_kwargs": {"k": 5}},
+        "v5_renamed": {
+            **{k: v for k, v in v5_cfg("x").items() if k != "activation_fn_str"},
+            "activation_fn": "topk",
+            "activation_fn_kwargs": {"k": 5},
+        },
     }[layout]
     sae = load_sae(write_saelens(tmp_path / "sae", cfg, w))
     x = inputs()
@@ -208,8 +233,11 @@ def test_saelens_topk_rescale_acts_by_decoder_norm(tmp_path):
 def test_saelens_finetuning_scaling_factor(tmp_path):
     w = random_weights()
     scaling = RNG.uniform(0.5, 2.0, size=D_SAE).astype(np.float32)
-    sae = load_sae(write_saelens(tmp_path / "sae", v5_cfg("relu", finetuning_scaling_factor=True),
-                                 dict(w, scaling_factor=scaling)))
+    sae = load_sae(
+        write_saelens(
+            tmp_path / "sae", v5_cfg("relu", finetuning_scaling_factor=True), dict(w, scaling_factor=scaling)
+        )
+    )
     x = inputs()
     f = ref_encode(x, w, "relu")
     assert_close(forward(sae, x), (f * scaling) @ w["W_dec"] + w["b_dec"])
@@ -222,7 +250,7 @@ def test_saelens_finetuning_scaling_factor(tmp_path):
         ("layer_norm", "layer_norm", None),
         ("expected_average_only_in", "expected_average_only_in", 0.37),
         ("none", "expected_average_only_in", None),  # no factor: SAELens folded it at training time
-        ("none", True, None),                        # SAELens < 3 stored a bool
+        ("none", True, None),  # SAELens < 3 stored a bool
         ("none", None, None),
     ],
 )
@@ -266,8 +294,15 @@ def ref_sparsify(x: np.ndarray, w: dict[str, np.ndarray], k: int) -> tuple[np.nd
 @pytest.mark.parametrize(
     "cfg",
     [
-        {"expansion_factor": 32, "normalize_decoder": True, "num_latents": D_SAE, "k": 6, "multi_topk": False,
-         "skip_connection": False, "d_in": D_IN},
+        {
+            "expansion_factor": 32,
+            "normalize_decoder": True,
+            "num_latents": D_SAE,
+            "k": 6,
+            "multi_topk": False,
+            "skip_connection": False,
+            "d_in": D_IN,
+        },
         {"expansion_factor": D_SAE // 4, "normalize_decoder": True, "num_latents": 0, "k": 6, "d_in": D_IN},
         {"num_latents": D_SAE, "k": 6},  # older exports: no d_in (inferred from the encoder)
     ],
@@ -294,7 +329,9 @@ def test_sparsify_bfloat16_weights_load(tmp_path):
     directory = tmp_path / "sae"
     directory.mkdir()
     (directory / "cfg.json").write_text(json.dumps({"num_latents": D_SAE, "k": 4, "d_in": D_IN}))
-    save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in w.items()}, str(directory / "sae.safetensors"))
+    save_torch(
+        {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in w.items()}, str(directory / "sae.safetensors")
+    )
     sae = load_sae(directory)
     assert sae.W_enc.dtype == torch.float32
     rounded = {k: torch.from_numpy(v).to(torch.bfloat16).float().numpy() for k, v in w.items()}
@@ -339,14 +376,28 @@ def test_register_loader_adds_a_format(tmp_path):
 
 @pytest.mark.parametrize(
     ("arch", "mode", "factor"),
-    [("relu", "none", None), ("jumprelu", "none", None), ("topk", "none", None),
-     ("topk", "constant_norm_rescale", None), ("relu", "layer_norm", None),
-     ("topk", "expected_average_only_in", 0.25)],
+    [
+        ("relu", "none", None),
+        ("jumprelu", "none", None),
+        ("topk", "none", None),
+        ("topk", "constant_norm_rescale", None),
+        ("relu", "layer_norm", None),
+        ("topk", "expected_average_only_in", 0.25),
+    ],
 )
 def test_save_saelens_round_trip(tmp_path, arch, mode, factor):
     torch.manual_seed(0)
-    cfg = SAEConfig(arch, D_IN, D_SAE, k=5 if arch == "topk" else None, apply_b_dec_to_input=arch != "relu",
-                    normalize_activations=mode, norm_scaling_factor=factor, hook_name="layers.3", model_name="toy")
+    cfg = SAEConfig(
+        arch,
+        D_IN,
+        D_SAE,
+        k=5 if arch == "topk" else None,
+        apply_b_dec_to_input=arch != "relu",
+        normalize_activations=mode,
+        norm_scaling_factor=factor,
+        hook_name="layers.3",
+        model_name="toy",
+    )
     sae = SAE(cfg)
     with torch.no_grad():
         for p in sae.parameters():
@@ -398,7 +449,9 @@ def test_error_missing_weights(tmp_path):
     directory.mkdir()
     (directory / "cfg.json").write_text(json.dumps(v6_cfg("standard")))
     (directory / "weights.pt").write_bytes(b"x")
-    expect_user_error(directory, "no weights file", "sae_weights.safetensors", "sae.safetensors", "weights.pt")
+    expect_user_error(
+        directory, "no weights file", "sae_weights.safetensors", "sae.safetensors", "weights.pt"
+    )
 
 
 def test_error_empty_directory(tmp_path):
@@ -444,29 +497,43 @@ def test_error_topk_without_k(tmp_path):
 
 
 def test_error_unsupported_normalization(tmp_path):
-    directory = write_saelens(tmp_path / "sae", v6_cfg("standard", normalize_activations="whitening"), random_weights())
+    directory = write_saelens(
+        tmp_path / "sae", v6_cfg("standard", normalize_activations="whitening"), random_weights()
+    )
     expect_user_error(directory, "whitening", "not supported")
 
 
 def test_error_weight_shapes_inconsistent_with_cfg(tmp_path):
     w = random_weights()
     cfg = dict(v6_cfg("standard"), d_sae=D_SAE + 1)
-    expect_user_error(write_saelens(tmp_path / "a", cfg, w), "W_enc", f"[{D_IN}, {D_SAE}]", f"[{D_IN}, {D_SAE + 1}]")
+    expect_user_error(
+        write_saelens(tmp_path / "a", cfg, w), "W_enc", f"[{D_IN}, {D_SAE}]", f"[{D_IN}, {D_SAE + 1}]"
+    )
     w_bad = dict(w, W_dec=w["W_dec"][:, :-1].copy())
     expect_user_error(write_saelens(tmp_path / "b", v6_cfg("standard"), w_bad), "W_dec")
-    expect_user_error(write_saelens(tmp_path / "c", v6_cfg("standard"), {k: v for k, v in w.items() if k != "b_enc"}),
-                      "no tensor 'b_enc'")
+    expect_user_error(
+        write_saelens(tmp_path / "c", v6_cfg("standard"), {k: v for k, v in w.items() if k != "b_enc"}),
+        "no tensor 'b_enc'",
+    )
     expect_user_error(write_saelens(tmp_path / "d", v6_cfg("jumprelu"), w), "threshold")
     sparsify_cfg = {"num_latents": D_SAE * 2, "k": 3, "d_in": D_IN}
-    expect_user_error(write_sparsify(tmp_path / "e", sparsify_cfg, sparsify_weights()), "encoder.weight", "num_latents")
-    expect_user_error(write_sparsify(tmp_path / "f", {"k": 3, "d_in": D_IN + 1}, sparsify_weights()), "encoder.weight")
+    expect_user_error(
+        write_sparsify(tmp_path / "e", sparsify_cfg, sparsify_weights()), "encoder.weight", "num_latents"
+    )
+    expect_user_error(
+        write_sparsify(tmp_path / "f", {"k": 3, "d_in": D_IN + 1}, sparsify_weights()), "encoder.weight"
+    )
 
 
 def test_error_sparsify_unsupported_variants(tmp_path):
     w = sparsify_weights()
-    expect_user_error(write_sparsify(tmp_path / "a", {"num_latents": D_SAE, "k": 3, "transcode": True}, w), "transcoder")
-    expect_user_error(write_sparsify(tmp_path / "b", {"num_latents": D_SAE, "k": 3, "activation": "groupmax"}, w),
-                      "groupmax")
+    expect_user_error(
+        write_sparsify(tmp_path / "a", {"num_latents": D_SAE, "k": 3, "transcode": True}, w), "transcoder"
+    )
+    expect_user_error(
+        write_sparsify(tmp_path / "b", {"num_latents": D_SAE, "k": 3, "activation": "groupmax"}, w),
+        "groupmax",
+    )
     skip = dict(w, W_skip=np.zeros((D_IN, D_IN), np.float32))
     expect_user_error(write_sparsify(tmp_path / "c", {"num_latents": D_SAE, "k": 3}, skip), "skip connection")
 
@@ -566,11 +633,19 @@ def test_train_sae_on_real_smollm2(smollm2, tmp_path, one_thread):
     """train_topk_sae end to end on the real model (a few thousand tokens), output loads back."""
     from autointerp.sae.train import TRAINING_JSON, TrainConfig, train_topk_sae
 
-    cfg = TrainConfig(model="smollm2", hook="layers.15", tokens=4000, latents=512, k=16, batch_size=128,
-                      eval_tokens=512, buffer_tokens=4096)
+    cfg = TrainConfig(
+        model="smollm2",
+        hook="layers.15",
+        tokens=8000,
+        latents=512,
+        k=16,
+        batch_size=64,
+        eval_tokens=1000,
+        buffer_tokens=4096,
+    )
     result = train_topk_sae(cfg, tmp_path / "sae", progress=False, lm=smollm2)
-    assert result.tokens == 4000 and result.steps == 32
-    assert result.fve > result.initial_fve + 0.1 and result.fve > 0.4, result
+    assert result.tokens == 8000 and result.steps == 125
+    assert result.fve > result.initial_fve + 0.15 and result.fve > 0.35, result
     info = json.loads((tmp_path / "sae" / TRAINING_JSON).read_text())
     for key in ("tokens", "steps", "fve", "fvu", "dead_fraction", "seconds"):
         assert key in info
@@ -590,19 +665,46 @@ def test_train_sae_cli_on_tiny_random_model(smollm2, tmp_path, capsys):
     from autointerp.cli import main
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=48, intermediate_size=96,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128)
+    config = LlamaConfig(
+        vocab_size=len(smollm2.tokenizer),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model_dir = tmp_path / "tiny"
     LlamaForCausalLM(config).save_pretrained(model_dir)
     smollm2.tokenizer.save_pretrained(model_dir)
     out = tmp_path / "sae"
-    code = main(["train-sae", "--model", str(model_dir), "--hook", "layers.1", "--tokens", "6000", "--latents", "128",
-                 "--k", "8", "--out", str(out), "--no-progress", "--seed", "3"])
+    code = main(
+        [
+            "train-sae",
+            "--model",
+            str(model_dir),
+            "--hook",
+            "layers.1",
+            "--tokens",
+            "6000",
+            "--latents",
+            "128",
+            "--k",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "fraction of variance explained" in printed
     info = json.loads((out / "training.json").read_text())
     assert info["tokens"] == 6000 and info["fve"] > info["initial_fve"]
     assert load_sae(out).d_in == 48
-    assert main(["train-sae", "--model", str(model_dir), "--hook", "layers.9", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["train-sae", "--model", str(model_dir), "--hook", "layers.9", "--out", str(tmp_path / "x")])
+        == 2
+    )

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    print(json.dumps(run_child(args)))
+    print(json.dumps(run_child(args), default=float))
     return 0
 
 

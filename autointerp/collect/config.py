@@ -11,7 +11,7 @@ from autointerp.errors import UserError
 from autointerp.hashing import short_hash
 
 # Settings that change how fast a run goes but not what it stores; left out of the config hash.
-_NOT_HASHED = ("device", "batch_size", "overwrite", "progress", "sae_name")
+_NOT_HASHED = ("device", "batch_size", "overwrite", "progress", "sae_name", "spill_gb")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class CollectConfig:
     dense_threshold: float = 0.01        # a feature firing on more than this fraction of tokens is 'dense'
     overwrite: bool = False
     progress: bool = True
+    spill_gb: float = 20.0               # disk for pass 1's sparse codes (0: recompute in pass 2 instead)
 
     def __post_init__(self) -> None:
         for name in ("top_k", "random_k", "nonactivating_k"):

@@ -1,6 +1,6 @@
 """Collect on many processes/GPUs/machines with torch.distributed, launched by torchrun:
 
-    torchrun --nproc-per-node 8 -m autointerp.collect.distributed --model M --hook layers.15 \\
+    torchrun --standalone --nproc-per-node 8 -m autointerp.collect.distributed --model M --hook layers.15 \\
         --sae SAE_DIR --corpus data.jsonl --db run.duckdb
     (equivalently: torchrun ... -m autointerp collect --distributed ...)
 
@@ -90,9 +90,10 @@ def run_distributed(args: argparse.Namespace) -> int:
         lm, point, sae = load_inputs(config, None, None)
         stream = ContextStream(config.corpus_spec(), lm.tokenizer)
         state = new_state(config, sae, lm.device)
+        pass1_start = time.perf_counter()
         run_pass1(lm, point, sae, stream, state, config.batch_size, shard=(rank, world), progress=config.progress)
         merge_states(state)
-        pass1_seconds = time.perf_counter() - start
+        pass1_seconds = time.perf_counter() - pass1_start
         if store is not None:
             outcome = write_run(config, store, lm, point, sae, stream, state, config_hash, fingerprint,
                                 payload, start, pass1_seconds)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ class BatchCodes:
     features: torch.Tensor       # [E] int64: feature of every firing (token, feature) entry
     values: torch.Tensor         # [E] float32: its activation (> 0)
     n_tokens: int                # valid tokens in the batch
+    tokens: torch.Tensor | None = None  # [E] int64: flat token index (row * width + position) of each entry
 
 
 def encode_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor) -> BatchCodes:
@@ -36,11 +37,12 @@ def encode_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor) -> BatchCo
             1, indices.view(batch, -1), values.view(batch, -1), reduce="amax", include_self=True
         )
         fired = values > 0
-        return BatchCodes(context_max, indices[fired], values[fired], int(valid.sum()))
+        tokens = torch.arange(batch * width, device=pre.device)[:, None].expand_as(indices)[fired]
+        return BatchCodes(context_max, indices[fired], values[fired], int(valid.sum()), tokens)
     acts = (sae.activation(pre) * mask).to(torch.float32)
     context_max = acts.view(batch, width, d_sae).amax(dim=1)
     rows, features = acts.nonzero(as_tuple=True)
-    return BatchCodes(context_max, features, acts[rows, features], int(valid.sum()))
+    return BatchCodes(context_max, features, acts[rows, features], int(valid.sum()), rows)
 
 
 def token_activations(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

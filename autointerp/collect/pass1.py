@@ -16,6 +16,7 @@ import torch
 
 from autointerp.collect.batches import Batch, iter_batches, pad_token_id
 from autointerp.collect.encode import encode_batch
+from autointerp.collect.spill import CodeSpill
 from autointerp.collect.state import CollectState
 from autointerp.corpus import ContextStream
 from autointerp.models import HookPoint, LoadedModel, activations_at_hook
@@ -48,6 +49,7 @@ def run_pass1(
     progress: bool = True,
     measure_baseline: bool = False,
     on_batch: Callable[[Batch], None] | None = None,
+    spill: CodeSpill | None = None,
 ) -> Pass1Timing:
     """Fill `state` from the stream. `measure_baseline` also times a bare forward on every batch."""
     from tqdm.auto import tqdm
@@ -72,6 +74,8 @@ def run_pass1(
             hidden = activations_at_hook(lm, point, batch.input_ids)
             codes = encode_batch(sae, hidden, batch.valid.to(hidden.device))
             state.update(codes, batch.context_ids, batch.split_index)
+            if spill is not None:
+                spill.add(batch.context_ids, batch.input_ids.shape[1], codes)
             _sync(lm.device)
             timing.step_seconds += time.perf_counter() - start
             timing.batches += 1

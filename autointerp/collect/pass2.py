@@ -19,6 +19,7 @@ from autointerp.collect.batches import iter_batches, pad_token_id
 from autointerp.collect.encode import token_activations
 from autointerp.collect.rows import context_table, example_table
 from autointerp.collect.selection import NONACTIVATING, Selection
+from autointerp.collect.spill import SpillReader
 from autointerp.corpus import Context, ContextStream, TokenDecoder
 from autointerp.models import HookPoint, LoadedModel, activations_at_hook
 from autointerp.sae.base import SAE
@@ -64,7 +65,10 @@ def run_pass2(
     nonactivating_k: int,
     sink: Sink,
     progress: bool = True,
+    spill: SpillReader | None = None,
 ) -> Pass2Result:
+    """Writes the examples of `selection`; per-token activations come from `spill` when pass 1 kept
+    one, else from running the model and SAE again on the selected contexts."""
     import time
 
     from tqdm.auto import tqdm
@@ -80,8 +84,11 @@ def run_pass2(
     bar = tqdm(total=len(needed), unit="ctx", desc="examples", disable=not progress)
     with torch.inference_mode():
         for batch in iter_batches(_needed(stream, needed), batch_size, pad_token_id(lm.tokenizer)):
-            hidden = activations_at_hook(lm, point, batch.input_ids)
-            acts = token_activations(sae, hidden, batch.valid)  # [B, T, d]
+            if spill is not None:
+                acts = spill.activations(batch.context_ids, batch.input_ids.shape[1])  # [B, T, d]
+            else:
+                hidden = activations_at_hook(lm, point, batch.input_ids)
+                acts = token_activations(sae, hidden, batch.valid)  # [B, T, d]
             ids = batch.context_ids.numpy()
             lo = np.searchsorted(selection.context, ids[0], side="left")
             hi = np.searchsorted(selection.context, ids[-1], side="right")
@@ -105,7 +112,7 @@ def run_pass2(
                         lengths,
                     )
                 )
-                n_examples += hi - lo
+                n_examples += int(hi - lo)
             to_write = [c for c in batch.contexts if c.context_id in referenced]
             if to_write:
                 sink.contexts(context_table(corpus_id, to_write, decode))

@@ -1,8 +1,10 @@
 """`collect(config, store)`: the whole stage, from corpus to a committed run in the store.
 
-Pass 1 streams the corpus into O(d_sae x k) state; pass 2 recomputes the selected contexts and
-writes everything (corpus, documents, contexts, features, examples, the run row) in ONE store
-transaction, so a crash or Ctrl-C leaves no trace of the run. Reruns: same name and same config
+Pass 1 streams the corpus into O(d_sae x k) state (and spills its sparse codes to a temporary file
+while that stays under `spill_gb`); pass 2 reads back, or recomputes, the selected contexts and
+writes corpus, documents, contexts, examples and features under a run row that stays 'running'
+until the last write (see `write_run`): readers only ever see complete runs, and a failed run is
+removed. Reruns: same name and same config
 hash -> skipped; same name, other config -> UserError unless `overwrite`; a 'running' row left by
 a dead process is removed first.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from autointerp.collect.config import CollectConfig, sae_fingerprint
@@ -22,6 +25,7 @@ from autointerp.collect.pass1 import Pass1Timing, run_pass1
 from autointerp.collect.pass2 import Sink, run_pass2
 from autointerp.collect.rows import feature_table
 from autointerp.collect.selection import select
+from autointerp.collect.spill import CodeSpill, SpillReader
 from autointerp.collect.state import CollectState
 from autointerp.collect.summary import CollectSummary
 from autointerp.corpus import ContextStream, corpus_id, tokenizer_identity
@@ -32,6 +36,8 @@ from autointerp.sae.base import SAE
 from autointerp.store import RunInfo, Store
 
 log = logging.getLogger(__name__)
+
+DUCKDB_MEMORY_LIMIT = "256MB"  # while writing; see ChunkedWriter
 
 
 @dataclass
@@ -61,6 +67,7 @@ def _check_existing(config: CollectConfig, store: Store, config_hash: str) -> tu
     for stale in store.stale_runs():
         log.warning("removing incomplete run %r (%s) left by a process that did not finish", stale.sae_name, stale.run_id)
         store.delete_run(stale.run_id)
+        store.prune_corpus(stale.corpus_id)
     existing = store.run_by_name(config.name)
     if existing is None:
         return None, None
@@ -112,13 +119,60 @@ def run_collect(
     spec = config.corpus_spec()
     stream = ContextStream(spec, lm.tokenizer)
     state = new_state(config, sae, lm.device)
-    timing = run_pass1(lm, point, sae, stream, state, config.batch_size, progress=config.progress,
-                       measure_baseline=measure_baseline)
-    pass1_seconds = time.perf_counter() - start
-    outcome = write_run(config, store, lm, point, sae, stream, state, config_hash, fingerprint, replace_run_id,
-                        start, pass1_seconds)
+    spill = CodeSpill(store.path.parent, int(config.spill_gb * 2**30)) if config.spill_gb > 0 else None
+    try:
+        pass1_start = time.perf_counter()
+        timing = run_pass1(lm, point, sae, stream, state, config.batch_size, progress=config.progress,
+                           measure_baseline=measure_baseline, spill=spill)
+        pass1_seconds = time.perf_counter() - pass1_start
+        reader = spill.reader(sae.d_sae) if spill is not None else None
+        try:
+            outcome = write_run(config, store, lm, point, sae, stream, state, config_hash, fingerprint,
+                                replace_run_id, start, pass1_seconds, spill=reader)
+        finally:
+            if reader is not None:
+                reader.close()
+    finally:
+        if spill is not None:
+            spill.cleanup()
     outcome.pass1 = timing
     return outcome
+
+
+class ChunkedWriter:
+    """Buffers pass 2's Arrow rows and commits them in transactions of about `chunk_rows` examples.
+
+    One transaction for everything would keep every uncommitted row in DuckDB's memory (about 400 MB
+    per million examples), so memory would grow with the selection; chunks keep it flat. Until
+    `finish_run` marks the run complete, readers ignore it (only complete runs are listed or resolved).
+    """
+
+    def __init__(self, store: Store, chunk_rows: int = 250_000) -> None:
+        self.store = store
+        self.chunk_rows = chunk_rows
+        self.examples: list[pa.Table] = []
+        self.contexts: list[pa.Table] = []
+        self.pending = 0
+
+    def add_examples(self, rows: pa.Table) -> None:
+        self.examples.append(rows)
+        self.pending += rows.num_rows
+        if self.pending >= self.chunk_rows:
+            self.flush()
+
+    def add_contexts(self, rows: pa.Table) -> None:
+        self.contexts.append(rows)
+
+    def flush(self) -> None:
+        with self.store.transaction():
+            self.flush_into_open_transaction()
+
+    def flush_into_open_transaction(self) -> None:
+        for table in self.contexts:
+            self.store.add_contexts_arrow(table)
+        for table in self.examples:
+            self.store.add_examples_arrow(table)
+        self.examples, self.contexts, self.pending = [], [], 0
 
 
 def write_run(
@@ -134,8 +188,15 @@ def write_run(
     replace_run_id: str | None,
     start: float,
     pass1_seconds: float,
+    spill: SpillReader | None = None,
 ) -> CollectOutcome:
-    """Pass 2 and every write of the run, in one transaction (the part rank 0 does in distributed runs)."""
+    """Pass 2 and every write of the run (the part rank 0 does in distributed runs).
+
+    The run row is committed first with status 'running', then corpus, contexts and examples in
+    chunked transactions, then features and the status 'complete' in a final one. Any exception
+    deletes the partial run; a process killed outright leaves a 'running' row that readers ignore and
+    the next collect on this workspace removes.
+    """
     spec = stream.spec
     documents = list(stream.documents)
     n_tokens, n_contexts = stream.n_tokens, stream.n_contexts
@@ -161,34 +222,46 @@ def write_run(
                 "versions": versions(),
             }
         )
-        store.add_corpus(
-            {
-                "corpus_id": cid,
-                "source": spec.source,
-                "tokenizer": tokenizer_identity(lm.tokenizer),
-                "ctx_len": spec.ctx_len,
-                "split_seed": spec.split_seed,
-                "test_fraction": spec.test_fraction,
-                "n_documents": len(documents),
-                "n_contexts": n_contexts,
-                "n_tokens": n_tokens,
-            },
-            pd.DataFrame(
-                {
-                    "doc_id": [d.doc_id for d in documents],
-                    "doc_key": [d.doc_key for d in documents],
-                    "split": [d.split for d in documents],
-                    "n_tokens": [d.n_tokens for d in documents],
-                    "title": [d.title for d in documents],
-                }
-            ),
-        )
-        result = run_pass2(
-            lm, point, sae, ContextStream(spec, lm.tokenizer), selection, run_id, cid, config.batch_size,
-            config.nonactivating_k, Sink(store.add_examples_arrow, store.add_contexts_arrow), progress=config.progress,
-        )
-        store.add_features_arrow(feature_table(run_id, state.stats))
-        store.finish_run(run_id, n_tokens)
+    try:
+        with store.memory_limit(DUCKDB_MEMORY_LIMIT):
+            with store.transaction():
+                store.add_corpus(
+                    {
+                        "corpus_id": cid,
+                        "source": spec.source,
+                        "tokenizer": tokenizer_identity(lm.tokenizer),
+                        "ctx_len": spec.ctx_len,
+                        "split_seed": spec.split_seed,
+                        "test_fraction": spec.test_fraction,
+                        "n_documents": len(documents),
+                        "n_contexts": n_contexts,
+                        "n_tokens": n_tokens,
+                    },
+                    pd.DataFrame(
+                        {
+                            "doc_id": [d.doc_id for d in documents],
+                            "doc_key": [d.doc_key for d in documents],
+                            "split": [d.split for d in documents],
+                            "n_tokens": [d.n_tokens for d in documents],
+                            "title": [d.title for d in documents],
+                        }
+                    ),
+                )
+            writer = ChunkedWriter(store)
+            result = run_pass2(
+                lm, point, sae, ContextStream(spec, lm.tokenizer), selection, run_id, cid, config.batch_size,
+                config.nonactivating_k, Sink(writer.add_examples, writer.add_contexts), progress=config.progress,
+                spill=spill,
+            )
+            with store.transaction():
+                writer.flush_into_open_transaction()
+                store.add_features_arrow(feature_table(run_id, state.stats))
+                store.finish_run(run_id, n_tokens)
+    except BaseException:
+        log.error("collect of %s failed; removing its partial run", config.name)
+        store.delete_run(run_id)
+        store.prune_corpus(cid)
+        raise
     run = store.run_by_name(config.name)
     assert run is not None
     summary = CollectSummary.from_stats(

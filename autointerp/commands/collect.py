@@ -37,6 +37,9 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
                         help="features firing on more than this fraction of tokens are reported dense (0.01)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an SAE of the same name collected with a different config")
+    parser.add_argument("--spill-gb", type=float, default=20.0,
+                        help="disk (next to --db) for pass 1's sparse SAE codes, so pass 2 need not rerun the "
+                        "model; past this size pass 2 recomputes instead; 0 = always recompute (default 20)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,6 +83,7 @@ def config_from_args(args: argparse.Namespace):  # -> CollectConfig (import kept
         dense_threshold=args.dense_threshold,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        spill_gb=args.spill_gb,
     )
 
 

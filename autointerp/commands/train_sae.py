@@ -7,7 +7,13 @@ import argparse
 from autointerp.errors import UserError
 
 _DEFAULTS = {
-    "tokens": 300_000, "latents": 4608, "k": 32, "ctx_len": 64, "batch_size": 256, "model_batch_size": 32, "seed": 0,
+    "tokens": 300_000,
+    "latents": 4608,
+    "k": 32,
+    "ctx_len": 64,
+    "batch_size": 256,
+    "model_batch_size": 32,
+    "seed": 0,
 }
 
 
@@ -19,21 +25,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write it to --out in SAELens format, with training.json (tokens, steps, FVE, dead fraction, seconds).",
     )
     parser.add_argument("--model", default="smollm2", help="HF model directory, .gguf file, or 'smollm2'")
-    parser.add_argument("--hook", default="layers.15", help="layers.N (residual after layer N), layers.N.mlp, layers.N.attn")
-    parser.add_argument("--corpus", default="wiki", help="wiki (built in), or a .txt/.jsonl/.parquet file or directory (default: wiki)")
-    parser.add_argument("--text-field", default="text", help="JSONL/parquet field holding the text (default: text)")
-    parser.add_argument("--tokens", type=int, default=_DEFAULTS["tokens"], help="training tokens (default 300000)")
+    parser.add_argument(
+        "--hook", default="layers.15", help="layers.N (residual after layer N), layers.N.mlp, layers.N.attn"
+    )
+    parser.add_argument(
+        "--corpus",
+        default="wiki",
+        help="wiki (built in), or a .txt/.jsonl/.parquet file or directory (default: wiki)",
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="JSONL/parquet field holding the text (default: text)"
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=_DEFAULTS["tokens"], help="training tokens (default 300000)"
+    )
     parser.add_argument("--latents", type=int, default=_DEFAULTS["latents"], help="SAE width (default 4608)")
     parser.add_argument("--k", type=int, default=_DEFAULTS["k"], help="active latents per token (default 32)")
-    parser.add_argument("--out", required=True, help="output SAE directory (must not exist unless --overwrite)")
+    parser.add_argument(
+        "--out", required=True, help="output SAE directory (must not exist unless --overwrite)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"], help="tokens per optimiser step (default 256)")
-    parser.add_argument("--model-batch-size", type=int, default=_DEFAULTS["model_batch_size"],
-                        help="contexts per model forward (default 32)")
-    parser.add_argument("--ctx-len", type=int, default=_DEFAULTS["ctx_len"], help="context length in tokens (default 64)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 * sqrt(4608 / latents))")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=_DEFAULTS["batch_size"],
+        help="tokens per optimiser step (default 256)",
+    )
+    parser.add_argument(
+        "--model-batch-size",
+        type=int,
+        default=_DEFAULTS["model_batch_size"],
+        help="contexts per model forward (default 32)",
+    )
+    parser.add_argument(
+        "--ctx-len", type=int, default=_DEFAULTS["ctx_len"], help="context length in tokens (default 64)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default 2e-3 * sqrt(4608 / latents))"
+    )
     parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -44,11 +77,25 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("tokens", "latents", "k", "batch_size", "model_batch_size", "ctx_len"):
         if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive", f"e.g. --{name.replace('_', '-')} {_DEFAULTS[name]}")
+            raise UserError(
+                f"--{name.replace('_', '-')} must be positive",
+                f"e.g. --{name.replace('_', '-')} {_DEFAULTS[name]}",
+            )
     cfg = TrainConfig(
-        model=args.model, hook=args.hook, corpus=args.corpus, text_field=args.text_field, tokens=args.tokens, latents=args.latents, k=args.k,
-        ctx_len=args.ctx_len, batch_size=args.batch_size, model_batch_size=args.model_batch_size, lr=args.lr,
-        seed=args.seed, device=args.device, dtype=args.dtype,
+        model=args.model,
+        hook=args.hook,
+        corpus=args.corpus,
+        text_field=args.text_field,
+        tokens=args.tokens,
+        latents=args.latents,
+        k=args.k,
+        ctx_len=args.ctx_len,
+        batch_size=args.batch_size,
+        model_batch_size=args.model_batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
     )
     result = train_topk_sae(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(

@@ -4,7 +4,9 @@ For machines without a server: no setup, same interface as the HTTP client. Conc
 gathered into padded batches (see `microbatch.py`) and run in one worker thread, so the event loop
 stays free. Chat uses the tokenizer's chat template; temperature 0 is greedy decoding.
 
-JSON replies are not grammar-constrained here; we keep it honest and light: the reply is
+JSON replies are grammar-constrained with xgrammar (the engine vLLM uses for guided decoding) when
+it is installed (`pip install autointerp[embedded]`): the reply can then only be schema-valid JSON,
+as with a vLLM server. Without xgrammar we keep it honest and light: the reply is
 prefilled with the schema's fixed head (`{"explanation": "` for an object whose first required
 property is a string: the only text a guided decoder would allow there anyway; small models
 otherwise wander off before writing any JSON),
@@ -36,6 +38,7 @@ class _ChatItem:
     temperature: float
     seed: int | None
     stop_after_json: bool
+    schema_key: str | None = None      # canonical JSON of the schema, for grammar-guided decoding
 
 
 @dataclass
@@ -100,6 +103,40 @@ def json_object_end(text: str) -> int | None:
     return None
 
 
+class _Grammars:
+    """Compiled JSON-schema grammars for guided decoding (xgrammar), built lazily and cached per schema."""
+
+    def __init__(self) -> None:
+        try:
+            import xgrammar
+        except ImportError:
+            self._xgr: Any = None
+        else:
+            self._xgr = xgrammar
+        self._compiler: Any = None
+        self._compiled: dict[str, Any] = {}
+
+    @property
+    def available(self) -> bool:
+        return self._xgr is not None
+
+    def logits_processors(self, lm: Any, schema_key: str | None, batch_size: int) -> Any:
+        """A fresh logits-processor list constraining every row to `schema_key` (None: unconstrained)."""
+        from transformers import LogitsProcessorList
+
+        if schema_key is None or self._xgr is None:
+            return None
+        if self._compiler is None:
+            info = self._xgr.TokenizerInfo.from_huggingface(lm.tokenizer, vocab_size=lm.model.config.vocab_size)
+            self._compiler = self._xgr.GrammarCompiler(info)
+        if schema_key not in self._compiled:
+            # No free whitespace: small models otherwise fill max_tokens with spaces (as noted for vLLM).
+            self._compiled[schema_key] = self._compiler.compile_json_schema(schema_key, any_whitespace=False)
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        return LogitsProcessorList([LogitsProcessor([self._compiled[schema_key]] * batch_size)])
+
+
 class LocalClient:
     """`LLMClient` over a transformers model loaded with `autointerp.models.load_model`."""
 
@@ -124,6 +161,7 @@ class LocalClient:
         self.max_batch_tokens = max_batch_tokens
         self._lm: Any = None
         self._load_lock = threading.Lock()
+        self._grammars = _Grammars()
         # One thread: the model is not used concurrently, and this CPU has few cores to share anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
         self._chat_batcher: MicroBatcher[_ChatItem, _Generated] = MicroBatcher(
@@ -176,8 +214,11 @@ class LocalClient:
         tokenizer = await asyncio.get_running_loop().run_in_executor(self._executor, self.tokenizer)
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         wants_object = json_schema is not None and json_schema.get("type", "object") == "object"
-        prefill = schema_prefill(json_schema) if wants_object and self.json_prefill else ""
-        item = _ChatItem(prompt, prefill, max_tokens, temperature, seed, stop_after_json=json_schema is not None)
+        guided = json_schema is not None and self._grammars.available
+        prefill = schema_prefill(json_schema) if wants_object and self.json_prefill and not guided else ""
+        schema_key = json.dumps(json_schema, sort_keys=True) if guided else None
+        item = _ChatItem(prompt, prefill, max_tokens, temperature, seed, stop_after_json=json_schema is not None,
+                         schema_key=schema_key)
         generated = await self._chat_batcher.submit(item)
         verdict = judge_reply(generated.text, generated.finish_reason, json_schema)
         return ChatResult(
@@ -188,9 +229,9 @@ class LocalClient:
 
     def _generate_batch(self, items: list[_ChatItem]) -> list[_Generated]:
         """Runs in the worker thread; items with different sampling settings run as separate batches."""
-        groups: dict[tuple[float, int | None], list[int]] = {}
+        groups: dict[tuple[float, int | None, str | None], list[int]] = {}
         for index, item in enumerate(items):
-            groups.setdefault((item.temperature, item.seed), []).append(index)
+            groups.setdefault((item.temperature, item.seed, item.schema_key), []).append(index)
         results: list[_Generated | None] = [None] * len(items)
         for indices in groups.values():
             for index, result in zip(indices, self._generate_group([items[i] for i in indices]), strict=True):
@@ -242,12 +283,14 @@ class LocalClient:
         if first.seed is not None:
             torch.manual_seed(first.seed)
         criteria = StoppingCriteriaList([JsonDone()]) if any(i.stop_after_json for i in items) else None
+        processors = self._grammars.logits_processors(lm, first.schema_key, len(items))
         with torch.inference_mode():
             output = model.generate(
                 input_ids=encoded["input_ids"].to(lm.device),
                 attention_mask=encoded["attention_mask"].to(lm.device),
                 generation_config=config,
                 stopping_criteria=criteria,
+                logits_processor=processors,
             )
         results = []
         for row, item in enumerate(items):

@@ -116,7 +116,9 @@ def detect_format(path: str | Path) -> str:
     raise _no_loader_error(directory)
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32) -> SAE:
+def load_sae(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+) -> SAE:
     """Load the SAE in directory `path` (any registered format), in eval mode with gradients off."""
     directory = _resolve_directory(path)
     if isinstance(dtype, str):

@@ -31,11 +31,11 @@ class SAEConfig:
     architecture: Architecture
     d_in: int
     d_sae: int
-    k: int | None = None                      # TopK only
+    k: int | None = None  # TopK only
     apply_b_dec_to_input: bool = True
-    normalize_activations: str = "none"       # one of NORMALIZATIONS
+    normalize_activations: str = "none"  # one of NORMALIZATIONS
     norm_scaling_factor: float | None = None  # for 'expected_average_only_in'
-    hook_name: str | None = None              # informational: where the SAE was trained
+    hook_name: str | None = None  # informational: where the SAE was trained
     model_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # format, source cfg keys worth keeping
 

@@ -36,7 +36,9 @@ def read_cfg(directory: Path, format_name: str) -> dict[str, Any]:
             "the file is corrupt or truncated; re-download or re-export the SAE",
         ) from exc
     if not isinstance(cfg, dict):
-        raise UserError(f"{path} holds a JSON {type(cfg).__name__}, not an object", "re-export the SAE config")
+        raise UserError(
+            f"{path} holds a JSON {type(cfg).__name__}, not an object", "re-export the SAE config"
+        )
     return cfg
 
 

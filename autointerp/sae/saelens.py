@@ -68,7 +68,7 @@ def _architecture_and_k(cfg: dict[str, Any], path: Path) -> tuple[str, int | Non
     if not k:
         raise UserError(
             f"{path}: a TopK SAE needs k, and cfg.json has neither 'k' nor 'activation_fn_kwargs.k'",
-            "add \"k\": <latents active per token> to cfg.json",
+            'add "k": <latents active per token> to cfg.json',
         )
     return arch, k
 
@@ -93,7 +93,9 @@ def load(directory: Path) -> SAE:
     raw = read_cfg(directory, "SAELens")
     metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     hook_name = raw.get("hook_name") or raw.get("hook_point") or metadata.get("hook_name")
-    if raw.get("reshape_activations") == "hook_z" or (isinstance(hook_name, str) and hook_name.endswith("hook_z")):
+    if raw.get("reshape_activations") == "hook_z" or (
+        isinstance(hook_name, str) and hook_name.endswith("hook_z")
+    ):
         raise UserError(
             f"{cfg_path}: this SAE reads attention head outputs (hook_z), which autointerp does not hook",
             "use an SAE trained on the residual stream, MLP output or attention output",
@@ -104,7 +106,9 @@ def load(directory: Path) -> SAE:
 
     W_enc = require(tensors, "W_enc", weights_path)
     if W_enc.ndim != 2:
-        raise UserError(f"SAE weight W_enc in {weights_path} has {W_enc.ndim} dims, expected 2", "re-export the SAE")
+        raise UserError(
+            f"SAE weight W_enc in {weights_path} has {W_enc.ndim} dims, expected 2", "re-export the SAE"
+        )
     d_in = int_field(raw, "d_in", cfg_path) or W_enc.shape[0]
     d_sae = int_field(raw, "d_sae", cfg_path) or W_enc.shape[1]
     why = f"d_in={d_in}, d_sae={d_sae}"
@@ -128,7 +132,9 @@ def load(directory: Path) -> SAE:
 
     norm_factor = raw.get("norm_scaling_factor")
     if norm_factor is not None and not isinstance(norm_factor, (int, float)):
-        raise UserError(f"{cfg_path}: norm_scaling_factor={norm_factor!r} is not a number", f"fix it in {cfg_path}")
+        raise UserError(
+            f"{cfg_path}: norm_scaling_factor={norm_factor!r} is not a number", f"fix it in {cfg_path}"
+        )
     cfg = SAEConfig(
         architecture=arch,  # type: ignore[arg-type]
         d_in=d_in,

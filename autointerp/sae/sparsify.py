@@ -49,7 +49,9 @@ def load(directory: Path) -> SAE:
         raise UserError(f"{cfg_path}: signed TopK (signed=true) is not supported", "use an unsigned TopK SAE")
     k = int_field(raw, "k", cfg_path)
     if not k:
-        raise UserError(f"{cfg_path}: a sparsify TopK SAE needs k in cfg.json", 'add "k": <latents active per token>')
+        raise UserError(
+            f"{cfg_path}: a sparsify TopK SAE needs k in cfg.json", 'add "k": <latents active per token>'
+        )
 
     tensors = read_tensors(weights_path)
     if raw.get("skip_connection") or "W_skip" in tensors:
@@ -59,7 +61,9 @@ def load(directory: Path) -> SAE:
         )
     encoder = require(tensors, "encoder.weight", weights_path)
     if encoder.ndim != 2:
-        raise UserError(f"encoder.weight in {weights_path} has {encoder.ndim} dims, expected 2", "re-export the SAE")
+        raise UserError(
+            f"encoder.weight in {weights_path} has {encoder.ndim} dims, expected 2", "re-export the SAE"
+        )
     d_in = int_field(raw, "d_in", cfg_path) or encoder.shape[1]
     num_latents = int_field(raw, "num_latents", cfg_path)
     expansion = int_field(raw, "expansion_factor", cfg_path)
@@ -80,7 +84,9 @@ def load(directory: Path) -> SAE:
     check_shape(W_dec, "W_dec", (d_sae, d_in), weights_path, why)
     check_shape(b_dec, "b_dec", (d_in,), weights_path, why)
     if k > d_sae:
-        raise UserError(f"{cfg_path}: k={k} is larger than the number of latents ({d_sae})", "fix k in cfg.json")
+        raise UserError(
+            f"{cfg_path}: k={k} is larger than the number of latents ({d_sae})", "fix k in cfg.json"
+        )
 
     cfg = SAEConfig(
         architecture="topk",

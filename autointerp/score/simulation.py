@@ -3,9 +3,12 @@
 Method (logprobs, "all at once"): the prompt is built directly as token ids with the simulator's
 own tokenizer, so every slot position is exact: a shared prefix (the chat-templated instructions and
 explanation from `prompts/simulation_v1.j2`), then, per context token, `[token] TAB [placeholder] NL`.
-The placeholder is the text "unknown" as in Bills et al.: the demo in the prefix shows that
-"unknown" values turn into numbers, so at each slot the model's next-token distribution holds its
-guess of the value. We read the top-N logprobs at each slot, keep the value tokens, renormalise,
+The placeholder is "0", the value of almost every token. Bills et al. used the word "unknown",
+but a small simulator mostly copies whatever fills the earlier slots: with "unknown" SmolLM2 put
+62-100 % of the mass on "unknown" again and the digits fell out of the top-20 at most slots (measured
+with vLLM and locally), leaving nothing to read. With "0" the teacher-forced context is what a
+calibrated simulator would mostly have written itself, every slot's top-20 holds the digits, and
+the renormalised digit distribution still carries the model's guess of the value. We read the top-N logprobs at each slot, keep the value tokens, renormalise,
 and take the expected value. Nothing the model predicts is fed back (teacher forcing), so one forward
 pass scores every token of a request.
 
@@ -39,7 +42,7 @@ from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, TestCont
 from autointerp.score.metrics import pearson
 
 SCALE_MAX = 9
-PLACEHOLDER = "unknown"
+PLACEHOLDER = "0"
 TRUE_SCALE = 10.0
 
 

@@ -276,6 +276,31 @@ class Store:
     def add_features_arrow(self, rows: Any) -> None:
         self._insert_arrow("features", rows)
 
+    @contextlib.contextmanager
+    def memory_limit(self, limit: str) -> Iterator[None]:
+        """Cap DuckDB's buffer memory (e.g. '256MB') inside the block: collect's bulk writes would
+        otherwise keep every written block cached, so the process grows with the corpus."""
+        with self._lock:
+            self.con.execute(f"SET memory_limit = '{limit}'")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.con.execute("RESET memory_limit")
+
+    def prune_corpus(self, corpus_id: str) -> None:
+        """Drop a corpus's contexts that no example refers to, and the corpus itself when no run uses it
+        (after a failed or replaced collect run). One transaction."""
+        with self.transaction():
+            self.con.execute(
+                "DELETE FROM contexts c WHERE c.corpus_id = ? AND NOT EXISTS (SELECT 1 FROM examples e "
+                "JOIN runs r ON r.run_id = e.run_id WHERE r.corpus_id = c.corpus_id AND e.context_id = c.context_id)",
+                [corpus_id],
+            )
+            if not self.con.execute("SELECT 1 FROM runs WHERE corpus_id = ?", [corpus_id]).fetchall():
+                for table in ("contexts", "documents", "corpora"):
+                    self.con.execute(f"DELETE FROM {table} WHERE corpus_id = ?", [corpus_id])
+
     def stale_runs(self) -> list[RunInfo]:
         """Runs left with status 'running' (a process that died outside a transaction)."""
         frame = self.query_df("SELECT * FROM runs WHERE status <> 'complete'")

@@ -1,0 +1,110 @@
+"""Spilling pass 1's sparse SAE codes to a temporary file, so pass 2 need not rerun the model.
+
+On corpora that are not huge compared with d_sae x k, almost every context is some feature's top or
+random example, so recomputing the selected contexts costs a second full forward pass. Instead, pass 1
+appends every firing (position, feature, activation) entry to a file (10 bytes per entry; a TopK SAE
+with k = 32 writes 320 bytes per token) and an index of per-context end offsets. Pass 2 reads back the
+selected contexts only. RAM stays O(batch); disk grows with the corpus, so the spill stops and is
+deleted once it passes `limit_bytes`, and pass 2 then falls back to recomputing. The values read back
+are exactly pass 1's, so an example's stored max equals the activation it was ranked by.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autointerp.collect.encode import BatchCodes
+
+log = logging.getLogger(__name__)
+
+ENTRY = np.dtype([("position", "<i2"), ("feature", "<i4"), ("value", "<f4")])
+
+
+class CodeSpill:
+    def __init__(self, parent: Path | None, limit_bytes: int) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix=".autointerp-spill-", dir=parent))
+        self.limit_bytes = limit_bytes
+        self._data = (self.directory / "codes.bin").open("wb")
+        self._index = (self.directory / "index.bin").open("wb")
+        self.entries = 0
+        self.next_context = 0
+        self.active = True
+
+    def add(self, context_ids: torch.Tensor, width: int, codes: BatchCodes) -> None:
+        """Append a batch's entries; contexts must arrive in id order 0, 1, 2, ... (single process)."""
+        if not self.active:
+            return
+        ids = context_ids.cpu().numpy()
+        if width > np.iinfo(np.int16).max:
+            self.abandon("contexts are too long for the spill format")
+            return
+        if codes.tokens is None or ids[0] != self.next_context or np.any(np.diff(ids) != 1):
+            self.abandon("contexts did not arrive in order")
+            return
+        tokens = codes.tokens.cpu().numpy()
+        rows = tokens // width
+        order = np.argsort(rows, kind="stable")
+        entries = np.empty(len(order), dtype=ENTRY)
+        entries["position"] = (tokens % width)[order]
+        entries["feature"] = codes.features.cpu().numpy()[order]
+        entries["value"] = codes.values.to(torch.float32).cpu().numpy()[order]
+        ends = self.entries + np.cumsum(np.bincount(rows, minlength=len(ids)))
+        self._data.write(entries.tobytes())
+        self._index.write(ends.astype("<i8").tobytes())
+        self.entries += len(entries)
+        self.next_context = int(ids[-1]) + 1
+        if self.entries * ENTRY.itemsize > self.limit_bytes:
+            self.abandon(f"it passed the spill limit of {self.limit_bytes / 2**30:.1f} GiB")
+
+    def abandon(self, why: str) -> None:
+        if self.active:
+            log.info("not spilling SAE codes any more (%s); pass 2 will recompute the selected contexts", why)
+        self.active = False
+        self.close()
+
+    def close(self) -> None:
+        for handle in (self._data, self._index):
+            if not handle.closed:
+                handle.close()
+
+    def cleanup(self) -> None:
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def reader(self, d_sae: int) -> SpillReader | None:
+        self.close()
+        return SpillReader(self.directory, d_sae) if self.active else None
+
+
+class SpillReader:
+    def __init__(self, directory: Path, d_sae: int) -> None:
+        self.d_sae = d_sae
+        self._data = (directory / "codes.bin").open("rb")
+        self._index = (directory / "index.bin").open("rb")
+
+    def _bounds(self, context_id: int) -> tuple[int, int]:
+        self._index.seek(max(context_id - 1, 0) * 8)
+        raw = np.frombuffer(self._index.read(16 if context_id else 8), dtype="<i8")
+        return (0, int(raw[0])) if context_id == 0 else (int(raw[0]), int(raw[1]))
+
+    def activations(self, context_ids: torch.Tensor, width: int) -> torch.Tensor:
+        """Dense per-token activations [B, width, d_sae] (float32) of the given contexts."""
+        out = torch.zeros(len(context_ids), width, self.d_sae, dtype=torch.float32)
+        for row, context_id in enumerate(context_ids.tolist()):
+            start, end = self._bounds(int(context_id))
+            self._data.seek(start * ENTRY.itemsize)
+            entries = np.frombuffer(self._data.read((end - start) * ENTRY.itemsize), dtype=ENTRY)
+            if entries.size:
+                out[row, torch.from_numpy(entries["position"].astype(np.int64)),
+                    torch.from_numpy(entries["feature"].astype(np.int64))] = torch.from_numpy(entries["value"].copy())
+        return out
+
+    def close(self) -> None:
+        self._data.close()
+        self._index.close()
