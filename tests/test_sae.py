@@ -647,7 +647,8 @@ def test_train_sae_on_real_smollm2(smollm2, tmp_path, one_thread):
     assert result.tokens == 8000 and result.steps == 125
     assert result.fve > result.initial_fve + 0.15 and result.fve > 0.35, result
     info = json.loads((tmp_path / "sae" / TRAINING_JSON).read_text())
-    for key in ("tokens", "steps", "fve", "fvu", "dead_fraction", "seconds"):
+    assert 0 <= result.massive_fraction < 0.05 and result.fve_typical > result.initial_fve - 0.2
+    for key in ("tokens", "steps", "fve", "fve_typical", "fvu", "dead_fraction", "seconds"):
         assert key in info
     sae = load_sae(tmp_path / "sae")
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 16 and sae.d_in == smollm2.hidden_size

@@ -9,13 +9,14 @@ stage sequence as `autointerp run`, so the demo exercises exactly what users run
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("AUTOINTERP_CACHE", Path.home() / ".cache" / "autointerp"))
+    from autointerp.models.convert import cache_root
+
+    return cache_root()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +61,7 @@ def demo_config(args: argparse.Namespace) -> dict[str, Any]:
             "model": "smollm2", "hook": args.hook, "sae": str(sae_dir), "corpus": "wiki",
             "tokens": args.tokens, "top_k": 20, "random_k": 20, "nonactivating_k": 20, **quiet,
         },
-        "evaluate": {"tokens": min(args.tokens, 20_000), "ce_tokens": 4_000, **quiet},
+        "evaluate": {"tokens": min(args.tokens, 20_000), "ce_tokens": min(4_000, args.tokens // 5), **quiet},
         "explain": {"llm": args.llm, "features": f"top:{args.features}", **quiet},
         "score": {"llm": args.llm, "scorers": args.scorers, "features": f"top:{args.features}", **quiet},
         "report": {"out": str(out / "report.html")},

@@ -101,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"trained {args.latents} latents (k={args.k}) on {result.tokens} tokens in {result.steps} steps, "
         f"{result.seconds:.0f} s (model forward {result.seconds_model:.0f} s)\n"
-        f"fraction of variance explained (held-out {result.eval_tokens} tokens): {result.fve:.3f} "
-        f"(before training {result.initial_fve:.3f}); L0 {result.l0:.1f}; "
-        f"dead latents {100 * result.dead_fraction:.1f}%\n"
+        f"fraction of variance explained on {result.eval_tokens} held-out tokens: {result.fve:.3f} "
+        f"(before training {result.initial_fve:.3f}); on ordinary tokens {result.fve_typical:.3f} "
+        f"(without the {100 * result.massive_fraction:.2f}% massive-activation tokens, norm > 10x median)\n"
+        f"L0 {result.l0:.1f}; dead latents {100 * result.dead_fraction:.1f}%\n"
         f"SAE written to {result.out_dir} (SAELens format; training.json beside it)"
     )
     return 0

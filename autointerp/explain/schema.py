@@ -10,7 +10,8 @@ from typing import Any
 
 import jsonschema
 
-EXPLANATION_MAX_CHARS = 400
+# A label is "one short phrase"; the cap also stops small models from rambling until max_tokens.
+EXPLANATION_MAX_CHARS = 160
 
 EXPLANATION_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -91,7 +91,9 @@ class TrainResult:
     out_dir: str
     tokens: int  # training tokens seen
     steps: int
-    fve: float  # fraction of variance explained on held-out tokens
+    fve: float  # fraction of variance explained on held-out tokens (pooled; massive activations weigh in)
+    fve_typical: float  # the same without massive-activation tokens (norm > 10x median): ordinary tokens
+    massive_fraction: float  # fraction of held-out tokens that are massive activations
     initial_fve: float  # the same, before the first step (the gain is what training did)
     fvu: float
     dead_fraction: float  # latents that never fired on the held-out tokens
@@ -311,22 +313,51 @@ class _TopKTrainer:
         return sae.eval().requires_grad_(False)
 
 
+# A token whose activation norm exceeds this multiple of the median is a "massive activation" (a
+# secondary attention sink, e.g. ~100x the median in SmolLM2 layer 15). A handful of them can hold most
+# of the variance, which makes the pooled FVE look better than the SAE is on ordinary tokens.
+MASSIVE_NORM_RATIO = 10.0
+
+
+@dataclass
+class Evaluation:
+    fve: float  # pooled: 1 - sum ||x - x_hat||^2 / sum ||x - mean||^2
+    fve_typical: float  # the same over tokens with norm <= MASSIVE_NORM_RATIO x median norm
+    massive_fraction: float  # fraction of tokens left out of fve_typical
+    dead_fraction: float  # latents that never fired
+    l0: float
+
+
 @torch.no_grad()
-def _evaluate(sae: SAE, x: torch.Tensor) -> tuple[float, float, float]:
-    """(FVE, fraction of latents never firing, mean L0) of `sae` on raw activations x."""
+def _evaluate(sae: SAE, x: torch.Tensor) -> Evaluation:
+    """Reconstruction quality of `sae` on raw activations x (float64 sums)."""
     sae_dev = next(sae.parameters()).device
     x = x.to(sae_dev)
-    errors, fired, l0 = 0.0, torch.zeros(sae.d_sae, dtype=torch.bool, device=sae_dev), 0.0
+    errors = torch.zeros(x.shape[0], dtype=torch.float64, device=sae_dev)
+    fired, l0 = torch.zeros(sae.d_sae, dtype=torch.bool, device=sae_dev), 0.0
     for start in range(0, x.shape[0], 2048):
         chunk = x[start : start + 2048]
         latents = sae.encode(chunk)
-        errors += float((sae.decode(latents) - chunk).double().pow(2).sum())
+        errors[start : start + 2048] = (sae.decode(latents) - chunk).double().pow(2).sum(dim=1)
         active = latents > 0
         fired |= active.any(dim=0)
         l0 += float(active.sum())
     x64 = x.double()
-    variance = float((x64 - x64.mean(dim=0)).pow(2).sum())
-    return 1.0 - errors / variance, 1.0 - float(fired.float().mean()), l0 / x.shape[0]
+
+    def fve(rows: torch.Tensor) -> float:
+        sub = x64[rows]
+        return 1.0 - float(errors[rows].sum()) / float((sub - sub.mean(dim=0)).pow(2).sum())
+
+    norms = x64.norm(dim=1)
+    typical = norms <= MASSIVE_NORM_RATIO * norms.median()
+    everything = torch.ones_like(typical)
+    return Evaluation(
+        fve=fve(everything),
+        fve_typical=fve(typical),
+        massive_fraction=1.0 - float(typical.double().mean()),
+        dead_fraction=1.0 - float(fired.float().mean()),
+        l0=l0 / x.shape[0],
+    )
 
 
 # --- fitting and the entry point -----------------------------------------------------------------
@@ -337,6 +368,8 @@ class FitStats:
     tokens: int
     steps: int
     fve: float
+    fve_typical: float
+    massive_fraction: float
     initial_fve: float
     dead_fraction: float
     train_dead_fraction: float
@@ -376,7 +409,7 @@ def fit_topk_sae(
     scale = math.sqrt(d_in) / float(buffer.norm(dim=1).mean())
     b_dec_init = geometric_median(buffer[:4096].double() * scale).float()
     trainer = _TopKTrainer(d_in, cfg.latents, cfg.k, b_dec_init, device)
-    initial_fve, _, _ = _evaluate(trainer.to_sae(scale, model_name, hook_name, extra={}), eval_x)
+    initial_fve = _evaluate(trainer.to_sae(scale, model_name, hook_name, extra={}), eval_x).fve
     lr = cfg.resolved_lr()
     optimizer = torch.optim.Adam(trainer.params, lr=lr, betas=(0.9, 0.999))
     total_steps = max(1, math.ceil(cfg.tokens / cfg.batch_size))
@@ -421,15 +454,17 @@ def fit_topk_sae(
 
     train_dead = float((trainer.tokens_since_fired > dead_window).float().mean())
     sae = trainer.to_sae(scale, model_name, hook_name, extra={"trained_by": f"autointerp {__version__}"})
-    fve, dead_fraction, l0 = _evaluate(sae, eval_x)
+    final = _evaluate(sae, eval_x)
     stats = FitStats(
         tokens=seen,
         steps=steps,
-        fve=fve,
+        fve=final.fve,
+        fve_typical=final.fve_typical,
+        massive_fraction=final.massive_fraction,
         initial_fve=initial_fve,
-        dead_fraction=dead_fraction,
+        dead_fraction=final.dead_fraction,
         train_dead_fraction=train_dead,
-        l0=l0,
+        l0=final.l0,
         eval_tokens=int(eval_x.shape[0]),
         input_scale=scale,
         lr=lr,
@@ -491,6 +526,8 @@ def train_topk_sae(
         tokens=stats.tokens,
         steps=stats.steps,
         fve=stats.fve,
+        fve_typical=stats.fve_typical,
+        massive_fraction=stats.massive_fraction,
         initial_fve=stats.initial_fve,
         fvu=1 - stats.fve,
         dead_fraction=stats.dead_fraction,
