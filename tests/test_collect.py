@@ -425,7 +425,7 @@ def test_end_to_end_real_smollm2(tmp_path: Path, smollm2) -> None:
     db = tmp_path / "real.duckdb"
     with Store(db) as store:
         outcome = run_collect(config, store, lm=smollm2, sae=sae)
-        assert outcome.summary.alive > 1000 and outcome.summary.n_tokens > 2900
+        assert outcome.summary.alive > 500 and outcome.summary.n_tokens > 2900  # random SAE: many dead
         run = store.resolve_run("real")
         examples = store.examples(run.run_id)
         features = store.features(run.run_id)

@@ -62,5 +62,5 @@ def test_demo_runs_every_stage_on_the_real_model(tmp_path):
     catalog = pd.read_parquet(out / "catalog.parquet")
     assert len(catalog) == 512 and catalog["feature_id"].is_unique
     assert catalog["label"].notna().sum() == (labels["status"] == "ok").sum()
-    count = duckdb.sql(f"SELECT count(*) FROM '{out / 'catalog.parquet'}'").fetchone()[0]
+    count = duckdb.sql(f"SELECT count(*) FROM '{out / 'catalog.parquet'}'").fetchall()[0][0]
     assert count == 512

@@ -24,7 +24,7 @@ from autointerp.corpus import Context, ContextStream, TokenDecoder
 from autointerp.models import HookPoint, LoadedModel, activations_at_hook
 from autointerp.sae.base import SAE
 
-_NONACTIVATING_CHUNK_ROWS = 200_000
+_NONACTIVATING_CHUNK_ROWS = 100_000
 
 
 @dataclass

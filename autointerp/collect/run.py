@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from autointerp.store import RunInfo, Store
 
 log = logging.getLogger(__name__)
 
-DUCKDB_MEMORY_LIMIT = "256MB"  # while writing; see ChunkedWriter
+DUCKDB_MEMORY_LIMIT = "128MB"  # while writing; see ChunkedWriter
 
 
 @dataclass
@@ -105,7 +106,10 @@ def run_collect(
     lm: LoadedModel | None = None,
     sae: SAE | None = None,
     measure_baseline: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> CollectOutcome:
+    """`collect` with its summary and timings. `measure_baseline` also times a bare forward per batch
+    (for `bench collect`); `on_phase` is called with 'pass1' and 'pass2' as each pass starts."""
     start = time.perf_counter()
     fingerprint = sae_fingerprint(config.sae)
     config_hash = config.config_hash(fingerprint)
@@ -121,11 +125,15 @@ def run_collect(
     state = new_state(config, sae, lm.device)
     spill = CodeSpill(store.path.parent, int(config.spill_gb * 2**30)) if config.spill_gb > 0 else None
     try:
+        if on_phase is not None:
+            on_phase("pass1")
         pass1_start = time.perf_counter()
         timing = run_pass1(lm, point, sae, stream, state, config.batch_size, progress=config.progress,
                            measure_baseline=measure_baseline, spill=spill)
         pass1_seconds = time.perf_counter() - pass1_start
         reader = spill.reader(sae.d_sae) if spill is not None else None
+        if on_phase is not None:
+            on_phase("pass2")
         try:
             outcome = write_run(config, store, lm, point, sae, stream, state, config_hash, fingerprint,
                                 replace_run_id, start, pass1_seconds, spill=reader)
@@ -147,7 +155,7 @@ class ChunkedWriter:
     `finish_run` marks the run complete, readers ignore it (only complete runs are listed or resolved).
     """
 
-    def __init__(self, store: Store, chunk_rows: int = 250_000) -> None:
+    def __init__(self, store: Store, chunk_rows: int = 100_000) -> None:
         self.store = store
         self.chunk_rows = chunk_rows
         self.examples: list[pa.Table] = []

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sae-name", default=None, help="with --db: which SAE")
     parser.add_argument("--llm", default=None, help="a real OpenAI-compatible base URL instead of the test server")
     parser.add_argument("--llm-model", default=None, help="with --llm: the served model name")
+    parser.add_argument("--tokenizer", default=None,
+                        help="with --llm: the served model's tokenizer (smollm2, a directory), so simulation reads "
+                             "prompt logprobs instead of falling back to JSON")
     parser.add_argument("--concurrency", default=None,
                         help="client concurrency; comma list to sweep (default: C with the test server, 1,8,32 with --llm)")
     parser.add_argument("--stages", default="explain", help="explain, or explain,simulation (needs autointerp.score)")
@@ -72,7 +75,8 @@ def handle(args: argparse.Namespace) -> int:
             db = Path(tmp) / f"c{level}.duckdb"
             shutil.copyfile(base_db, db)
             if args.llm:
-                results.append(_bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages))
+                results.append(_bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
+                                           args.tokenizer))
             else:
                 with _test_server(args) as url:
                     result = _bench_once(db, sae_name, url, None, level, n_features, stages)
@@ -198,7 +202,7 @@ def _score_features() -> Any:
 
 
 def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrency: int, n_features: int,
-                stages: list[str]) -> dict[str, Any]:
+                stages: list[str], tokenizer: str | None = None) -> dict[str, Any]:
     from autointerp.explain.config import ExplainConfig
     from autointerp.explain.run import explain
     from autointerp.explain.selection import parse_feature_spec
@@ -210,7 +214,7 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
         run = store.resolve_run(sae_name)
         live = store.explainable_feature_ids(run.run_id)
         features = parse_feature_spec(f"top:{n_features}", store.features(run.run_id), live)
-        client = make_client(url, model, concurrency=concurrency)
+        client = make_client(url, model, concurrency=concurrency, tokenizer_spec=tokenizer)
 
         async def go() -> None:
             try:
