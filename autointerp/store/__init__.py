@@ -558,9 +558,9 @@ class Store:
         try:
             with self._lock:
                 self.con.execute(f"COPY ({sql}) TO '{literal}' (FORMAT PARQUET, COMPRESSION ZSTD)", params)
-                n_rows = self.con.execute(
+                n_rows = self.con.execute(  # fetchall: a half-read result blocks the next register()
                     f"SELECT count(*) FROM read_parquet('{literal}')"
-                ).fetchone()[0]
+                ).fetchall()[0][0]
             tmp.replace(target)
         finally:
             tmp.unlink(missing_ok=True)
