@@ -71,7 +71,7 @@ class EmbeddingScorer(Scorer):
         contexts = [c for c in item.contexts if c.tokens]
         model = load_embedder(self.config.embedding_model)
         vectors = model.encode([item.explanation] + [one_line(c.text) for c in contexts],
-                               normalize_embeddings=True, convert_to_numpy=True)
+                               normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         similarity = np.asarray(vectors[1:] @ vectors[0], dtype=np.float64)
         labels = [c.activating for c in contexts]
         value = auc(similarity.tolist(), labels)
