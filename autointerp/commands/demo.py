@@ -27,11 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a few dozen features with the embedded SmolLM2, then write the HTML report and the parquet catalog.",
     )
     parser.add_argument("--out-dir", default="reports/demo", help="where the workspace, report and catalog go")
-    parser.add_argument("--features", type=int, default=24, help="features to label and score (default 24)")
-    parser.add_argument("--train-tokens", type=int, default=150_000, help="SAE training tokens (default 150000)")
+    parser.add_argument("--features", type=int, default=12, help="features to label and score (default 12)")
+    parser.add_argument("--train-tokens", type=int, default=100_000, help="SAE training tokens (default 100000)")
     parser.add_argument("--latents", type=int, default=4608, help="SAE width (default 4608)")
     parser.add_argument("--k", type=int, default=32, help="TopK active latents (default 32)")
-    parser.add_argument("--tokens", type=int, default=60_000, help="collect tokens (default 60000)")
+    parser.add_argument("--tokens", type=int, default=40_000, help="collect tokens (default 40000)")
     parser.add_argument("--hook", default="layers.15")
     parser.add_argument("--llm", default="local:smollm2", help="explainer/simulator (default local:smollm2)")
     parser.add_argument(
