@@ -104,13 +104,16 @@ class Store:
 
     def _insert_df(self, table: str, frame: pd.DataFrame, conflict: str = "") -> None:
         """Insert a DataFrame whose columns are a subset of the table's, matched by name."""
-        if frame.empty:
-            return
+        if not frame.empty:
+            self._insert_registered(table, frame, list(frame.columns), conflict)
+
+    def _insert_registered(self, table: str, data: Any, columns: list[str], conflict: str) -> None:
+        """INSERT the rows of a DataFrame or Arrow table, registered as a view for the one statement."""
         with self._lock:
             view = f"_insert_{table}"
-            self.con.register(view, frame)
+            self.con.register(view, data)
             try:
-                cols = ", ".join(frame.columns)
+                cols = ", ".join(columns)
                 self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view} {conflict}")
             finally:
                 self.con.unregister(view)
@@ -255,16 +258,8 @@ class Store:
     # inserting those is ~100x faster than DataFrames of Python lists. Call inside `transaction()`.
     def _insert_arrow(self, table: str, rows: Any, conflict: str = "") -> None:
         """Insert a pyarrow Table whose columns are a subset of the table's, matched by name."""
-        if rows.num_rows == 0:
-            return
-        with self._lock:
-            view = f"_arrow_{table}"
-            self.con.register(view, rows)
-            try:
-                cols = ", ".join(rows.column_names)
-                self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view} {conflict}")
-            finally:
-                self.con.unregister(view)
+        if rows.num_rows:
+            self._insert_registered(table, rows, list(rows.column_names), conflict)
 
     def add_examples_arrow(self, rows: Any) -> None:
         self._insert_arrow("examples", rows)
