@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from autointerp.llm.base import ChatResult, LogprobsResult, Status
-from autointerp.score.planted import PlantedFeature
+from autointerp.testing.planted import PlantedFeature
 
 WORDS = [" the", " cat", " sat", " on", " a", " mat", " dog", " ran", " far", " 7", " 42", " blue", ".", " and"]
 SPECIAL = {"\t": 1, "\n": 2, "unknown": 3}

@@ -22,11 +22,11 @@ from autointerp.errors import UserError
 from autointerp.explain import ExplainConfig, explain
 from autointerp.explain.formatting import Example, build_messages, render_example
 from autointerp.explain.selection import parse_feature_spec
-from autointerp.explain.synthetic import build_synthetic_store
 from autointerp.llm import make_client
-from autointerp.llm.testserver import FakeOpenAIServer, Fault
 from autointerp.prompting import load_prompt
 from autointerp.store import Store
+from autointerp.testing.synthetic import build_synthetic_store
+from autointerp.testing.testserver import FakeOpenAIServer, Fault
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 N_FEATURES, N_DEAD = 12, 2

@@ -18,7 +18,7 @@ from autointerp.llm.local_client import LocalClient, json_object_end
 from autointerp.llm.openai_client import OpenAIClient, normalize_base_url, parse_retry_after
 from autointerp.llm.ratelimit import AsyncTokenBucket
 from autointerp.llm.replies import judge_reply
-from autointerp.llm.testserver import FakeOpenAIServer, Fault, example_from_schema
+from autointerp.testing.testserver import FakeOpenAIServer, Fault, example_from_schema
 
 SCHEMA = {
     "type": "object",

@@ -15,9 +15,9 @@ from autointerp.score import ScoreConfig, available_scorers, check_no_leakage, s
 from autointerp.score.base import FeatureToScore, TestContext
 from autointerp.score.fuzzing import mark
 from autointerp.score.metrics import auc, classification_metrics, pearson
-from autointerp.score.planted import RIGHT, WRONG, build_planted_store, planted_results
 from autointerp.score.simulation import SimulationScorer, expected_value
 from autointerp.store import Store
+from autointerp.testing.planted import RIGHT, WRONG, build_planted_store, planted_results
 from tests.score_helpers import FakeClient, fake_documents, planted_test_features
 
 CONFIG = ScoreConfig(n_activating=6, n_top=2, n_quantiles=2, classify_batch_size=4)
@@ -278,7 +278,7 @@ def test_cli_scores_and_reports(tmp_path, capsys):
     with Store(db) as store:
         build_planted_store(store, fake_documents(), planted_test_features(), ctx_len=16, model="fake",
                             labels={RIGHT: ["cat", "numbers 7 and 42"]})
-    from autointerp.llm.testserver import FakeOpenAIServer
+    from autointerp.testing.testserver import FakeOpenAIServer
 
     with FakeOpenAIServer(latency_s=0.0, capacity=8) as server:
         code = main(["score", "--db", str(db), "--scorers", "detection", "--n-test", "4", "--no-progress",
@@ -293,7 +293,7 @@ def test_cli_scores_and_reports(tmp_path, capsys):
 def test_detection_and_json_simulation_over_http(planted):
     """Through the real OpenAI client and a real HTTP server (FakeOpenAIServer on 127.0.0.1)."""
     from autointerp.llm import make_client
-    from autointerp.llm.testserver import FakeOpenAIServer
+    from autointerp.testing.testserver import FakeOpenAIServer
 
     store, run_id = planted
     with FakeOpenAIServer(latency_s=0.01, capacity=8) as server:
@@ -319,7 +319,7 @@ def test_detection_and_json_simulation_over_http(planted):
 
 
 def test_planted_results_table(planted):
-    from autointerp.score.planted import format_results
+    from autointerp.testing.planted import format_results
 
     store, run_id = planted
     score_features(store, run_id, FakeClient(), ["detection"], CONFIG, progress=False)

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from autointerp.score import ScoreConfig, ascore_features, score_features
-from autointerp.score.planted import (
+from autointerp.store import Store
+from autointerp.testing.planted import (
     RIGHT,
     WRONG,
     build_planted_store,
@@ -18,7 +19,6 @@ from autointerp.score.planted import (
     planted_results,
     wiki_documents,
 )
-from autointerp.store import Store
 from tests.score_helpers import fake_documents, planted_test_features
 from tests.test_score import CONFIG as FAST_CONFIG
 from tests.test_score import by_label

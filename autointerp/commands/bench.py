@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES = ["autointerp.collect.bench", "autointerp.explain.bench"]
+BENCH_MODULES = ["autointerp.bench.collect", "autointerp.bench.llm"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

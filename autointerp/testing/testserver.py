@@ -12,7 +12,7 @@ Service model: at most `capacity` requests are in service at once, each for `lat
 queue (so throughput is capacity / latency). Faults are chosen per request index (0-based, over the
 two completion endpoints, in arrival order) and/or at random with `fault_rates` (seeded).
 
-Also runnable as a process: `python -m autointerp.llm.testserver --port 8000 --latency 0.2 --capacity 64`.
+Also runnable as a process: `python -m autointerp.testing.testserver --port 8000 --latency 0.2 --capacity 64`.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def _handle(args: argparse.Namespace) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     results = []
     for size in sizes:
-        command = [sys.executable, "-m", "autointerp.collect.bench", "--child", "--tokens", str(size),
+        command = [sys.executable, "-m", "autointerp.bench.collect", "--child", "--tokens", str(size),
                    "--model", args.model, "--hook", args.hook, "--d-sae", str(args.d_sae), "--k", str(args.k),
                    "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype]
         print(f"collect benchmark: {size:,} tokens ...", file=sys.stderr, flush=True)
@@ -205,7 +205,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autointerp.collect.bench")
+    parser = argparse.ArgumentParser(prog="autointerp.bench.collect")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, default=50000)
     for name, default in (("--model", "smollm2"), ("--hook", "layers.15"), ("--device", "cpu"), ("--dtype", "float32")):

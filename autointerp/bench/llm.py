@@ -106,8 +106,8 @@ def _concurrency_levels(args: argparse.Namespace) -> list[int]:
 
 def _prepare_store(args: argparse.Namespace, path: Path, n_features: int) -> str:
     """A workspace to benchmark on: a copy of --db, or a synthetic run with a few dead features."""
-    from autointerp.explain.synthetic import build_synthetic_store
     from autointerp.store import Store
+    from autointerp.testing.synthetic import build_synthetic_store
 
     if args.db:
         source = Path(args.db)
@@ -132,7 +132,7 @@ class _test_server:
         self.server: Any = None
 
     def __enter__(self) -> str:
-        from autointerp.llm.testserver import FakeOpenAIServer
+        from autointerp.testing.testserver import FakeOpenAIServer
 
         if self.args.in_process_server:
             self.server = FakeOpenAIServer(latency_s=self.args.latency, capacity=self.args.capacity).start()
@@ -141,7 +141,7 @@ class _test_server:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "autointerp.llm.testserver", "--port", str(port),
+            [sys.executable, "-m", "autointerp.testing.testserver", "--port", str(port),
              "--latency", str(self.args.latency), "--capacity", str(self.args.capacity)],
             stdout=subprocess.DEVNULL,
         )

@@ -22,7 +22,7 @@ contexts, so the ratio reflects prompt layout, not tokenizer differences:
   for simulation, 1 token per delphi request (max_tokens=1) vs 0 for ours (teacher-forced).
 Measured numbers from a workspace (stored prompt/completion tokens of explanations and simulation
 scores) are printed beside when `--db` is given.
-Run: `python -m autointerp.score.token_budget [--db run.duckdb]`.
+Run: `python -m autointerp.bench.token_budget [--db run.duckdb]`.
 """
 
 from __future__ import annotations
@@ -145,9 +145,9 @@ def measured_from_store(db: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from autointerp.models import load_tokenizer
-    from autointerp.score.planted import default_planted_features, wiki_documents
+    from autointerp.testing.planted import default_planted_features, wiki_documents
 
-    parser = argparse.ArgumentParser(prog="python -m autointerp.score.token_budget", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m autointerp.bench.token_budget", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokenizer-model", default="smollm2")
     parser.add_argument("--db", default=None, help="also print measured tokens per label/score from this workspace")
     parser.add_argument("--contexts-per-request", type=int, default=4)

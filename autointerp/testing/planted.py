@@ -9,7 +9,7 @@ measures nothing, whatever its number.
 
 `build_planted_store` writes an ordinary workspace (corpus, documents, contexts, run, features,
 examples in both splits, explanations) through the `Store` API, so scoring runs on it unchanged.
-Run the harness: `python -m autointerp.score.planted --llm local:smollm2 [--scorers ...]`.
+Run the harness: `python -m autointerp.testing.planted --llm local:smollm2 [--scorers ...]`.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from autointerp.score.config import ScoreConfig
     from autointerp.score.runner import ascore_features
 
-    parser = argparse.ArgumentParser(prog="python -m autointerp.score.planted", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m autointerp.testing.planted", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default=None, help="workspace to write (default: a temporary file)")
     parser.add_argument("--scorers", default="simulation,detection,fuzzing,embedding")
     parser.add_argument("--tokenizer-model", default="smollm2", help="model whose tokenizer cuts the wiki text")

@@ -1,0 +1,42 @@
+"""The package layout the architecture promises: stages talk through the store, never import each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "autointerp"
+STAGES = ("collect", "explain", "score", "report", "evaluate")
+HARNESSES = ("bench", "testing")
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_imports_no_other_stage_and_no_harness(stage: str) -> None:
+    forbidden = [f"autointerp.{other}" for other in STAGES + HARNESSES if other != stage]
+    offences = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: imports {module}"
+        for path in sorted((PACKAGE / stage).rglob("*.py"))
+        for line, module in _imported_modules(path)
+        if any(module == bad or module.startswith(bad + ".") for bad in forbidden)
+    ]
+    assert not offences, "stages talk through the store:\n" + "\n".join(offences)
+
+
+def test_layout_checker_sees_an_offence(tmp_path: Path) -> None:
+    """The checker itself must be able to fail."""
+    module = tmp_path / "m.py"
+    module.write_text("import os\nfrom autointerp.score import runner\n", encoding="utf-8")
+    assert (2, "autointerp.score") in _imported_modules(module)
