@@ -7,6 +7,10 @@ one `.gguf` file, or a built-in name (`smollm2`: the GGUF shipped inside the pip
 Hook names: `layers.N` (residual stream after decoder layer N), `layers.N.mlp` (MLP output of
 layer N), `layers.N.attn` (attention output of layer N). SAELens-style names
 (`blocks.N.hook_resid_post`, `blocks.N.hook_mlp_out`, `blocks.N.hook_attn_out`) map onto these.
+At the embeddings: `embed` / `hook_embed` (the token-embedding module's output) and
+`blocks.N.hook_resid_pre` (the input of decoder layer N; for N >= 1 the same as `layers.N-1`, for N = 0
+what the first block reads: the embeddings plus whatever the model adds before it, e.g. GPT-2's
+position embeddings). SAEs trained there load and collect like any other.
 The forward pass stops at the hook: later layers are never computed.
 """
 
@@ -58,10 +62,14 @@ class LoadedModel:
 @dataclass(frozen=True)
 class HookPoint:
     layer: int
-    site: str  # 'resid' | 'mlp' | 'attn'
+    site: str  # 'resid' | 'mlp' | 'attn' | 'resid_pre' (input of the layer) | 'embed' (token embeddings)
 
     @property
     def name(self) -> str:
+        if self.site == "embed":
+            return "embed"
+        if self.site == "resid_pre":
+            return f"blocks.{self.layer}.hook_resid_pre"
         return f"layers.{self.layer}" + ("" if self.site == "resid" else f".{self.site}")
 
 
@@ -72,6 +80,8 @@ _HOOK_PATTERNS = [
     (re.compile(r"^blocks\.(\d+)\.hook_resid_post$"), "resid"),
     (re.compile(r"^blocks\.(\d+)\.hook_mlp_out$"), "mlp"),
     (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "attn"),
+    (re.compile(r"^blocks\.(\d+)\.hook_resid_pre$"), "resid_pre"),
+    (re.compile(r"^(?:hook_)?embed()$"), "embed"),
 ]
 
 
@@ -79,7 +89,9 @@ def parse_hook(hook: str, n_layers: int | None = None) -> HookPoint:
     for pattern, site in _HOOK_PATTERNS:
         match = pattern.match(hook.strip())
         if match:
-            point = HookPoint(int(match.group(1)), site)
+            point = HookPoint(int(match.group(1) or 0), site)
+            if site == "resid_pre" and point.layer > 0:
+                point = HookPoint(point.layer - 1, "resid")  # the input of layer N is the output of N-1
             if n_layers is not None and not 0 <= point.layer < n_layers:
                 raise UserError(
                     f"hook {hook!r} names layer {point.layer}, but the model has layers 0..{n_layers - 1}",
@@ -89,7 +101,8 @@ def parse_hook(hook: str, n_layers: int | None = None) -> HookPoint:
     raise UserError(
         f"unknown hook name {hook!r}",
         "use layers.N (residual stream after layer N), layers.N.mlp or layers.N.attn "
-        "(SAELens names like blocks.N.hook_resid_post also work)",
+        "(SAELens names like blocks.N.hook_resid_post also work), or embed / blocks.0.hook_resid_pre "
+        "at the token embeddings",
     )
 
 
@@ -202,8 +215,11 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def hook_module(model: nn.Module, point: HookPoint) -> nn.Module:
+    """The module whose output is the hook point (for 'resid_pre': whose first input is)."""
+    if point.site == "embed":
+        return model.get_input_embeddings()
     layer = decoder_layers(model)[point.layer]
-    if point.site == "resid":
+    if point.site in ("resid", "resid_pre"):
         return layer
     names = {"mlp": ("mlp", "feed_forward"), "attn": ("self_attn", "attn", "attention")}[point.site]
     for name in names:
@@ -215,6 +231,11 @@ def hook_module(model: nn.Module, point: HookPoint) -> nn.Module:
 
 class _StopForward(Exception):
     """Raised by the hook to skip every layer after the hook point."""
+
+
+def _layer_input(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The hidden states a decoder layer is called with (positional or `hidden_states=`)."""
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -232,7 +253,15 @@ def activations_at_hook(
         captured.append(_first_tensor(output))
         raise _StopForward
 
-    handle = hook_module(lm.model, point).register_forward_hook(grab)
+    def grab_input(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        captured.append(_layer_input(args, kwargs))
+        raise _StopForward
+
+    module = hook_module(lm.model, point)
+    if point.site == "resid_pre":
+        handle = module.register_forward_pre_hook(grab_input, with_kwargs=True)
+    else:
+        handle = module.register_forward_hook(grab)
     try:
         backbone = getattr(lm.model, lm.model.base_model_prefix, lm.model)
         backbone(input_ids=input_ids.to(lm.device), attention_mask=None if attention_mask is None
@@ -263,7 +292,19 @@ def logits_with_hook_replaced(
         new = replace(hidden).to(hidden.dtype)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    handle = hook_module(lm.model, point).register_forward_hook(swap)
+    def swap_input(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if replace is None:
+            return None
+        if "hidden_states" in kwargs:
+            hidden = kwargs["hidden_states"]
+            return args, {**kwargs, "hidden_states": replace(hidden).to(hidden.dtype)}
+        return (replace(args[0]).to(args[0].dtype), *args[1:]), kwargs
+
+    module = hook_module(lm.model, point)
+    if point.site == "resid_pre":
+        handle = module.register_forward_pre_hook(swap_input, with_kwargs=True)
+    else:
+        handle = module.register_forward_hook(swap)
     try:
         out = lm.model(
             input_ids=input_ids.to(lm.device),
