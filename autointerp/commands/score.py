@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 
 ALL_SCORERS = "simulation,detection,fuzzing,embedding"
 
@@ -11,6 +12,7 @@ ALL_SCORERS = "simulation,detection,fuzzing,embedding"
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autointerp.llm import add_llm_arguments
     from autointerp.score.config import ScoreConfig
+    from autointerp.score.null import DEFAULT_NULL_SAMPLE
 
     d = ScoreConfig()
     parser = subparsers.add_parser(
@@ -27,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_llm_arguments(parser)
     parser.add_argument("--features", default=None, help="subset: ids and ranges (1,5,9 or 0-99), top:N or random:N")
     parser.add_argument("--retry-failed", action="store_true", help="redo scores stored with a failure status")
-    parser.add_argument("--explainer-model", default=None, help="score only labels written by this explainer model")
+    parser.add_argument("--explainer-model", "--source", dest="explainer_model", default=None,
+                        help="score only labels written by this explainer model, or imported under this --source")
     parser.add_argument("--explanation-prompt", default=None, help="score only labels written with this prompt")
     parser.add_argument("--n-test", type=int, default=d.n_activating,
                         help="activating test contexts per feature (default %(default)s); non-activating: "
@@ -45,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fuzzing: fraction of activating contexts shown with wrong marks (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=d.temperature)
     parser.add_argument("--seed", type=int, default=d.seed, help="context sampling, shuffles and fuzz marks")
+    parser.add_argument("--null-sample", type=int, default=DEFAULT_NULL_SAMPLE,
+                        help="features per label set scored again with a shuffled label (another feature's "
+                        "label), the baseline every score is read against (default: all scored, up to "
+                        "%(default)s); 0 turns it off")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=handle)
 
@@ -53,7 +60,9 @@ def handle(args: argparse.Namespace) -> int:
     from autointerp.errors import UserError
     from autointerp.llm import client_from_args
     from autointerp.score import ScoreConfig, ascore_features, get_scorer_class
+    from autointerp.score.null import ensure_null_sets
     from autointerp.store import Store
+    from autointerp.store.sets import NULL_MODEL
 
     scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
     if not scorers:
@@ -80,15 +89,30 @@ def handle(args: argparse.Namespace) -> int:
             feature_ids = parse_feature_spec(args.features, store.features(run.run_id), explained, seed=args.seed)
         client = client_from_args(args) if needs_client else None
 
+        if args.null_sample < 0:
+            raise UserError(f"--null-sample must be >= 0, got {args.null_sample}", "pass 0 to turn it off, or e.g. 200")
+        null_sets = ensure_null_sets(store, run.run_id, args.null_sample, args.seed, config.explainer_model,
+                                     config.explanation_prompt)
+        null_config = dataclasses.replace(config, explainer_model=NULL_MODEL, explanation_prompt=None)
+
         async def go():
             try:
-                return await ascore_features(store, run, client, scorers, config, feature_ids,
-                                             args.retry_failed, progress=not args.no_progress)
+                summaries = [await ascore_features(store, run, client, scorers, config, feature_ids,
+                                                   args.retry_failed, progress=not args.no_progress)]
+                if null_sets:
+                    summaries.append(await ascore_features(store, run, client, scorers, null_config, feature_ids,
+                                                           args.retry_failed, progress=not args.no_progress))
+                return summaries
             finally:
                 if client is not None:
                     await client.aclose()
 
-        summary = asyncio.run(go())
-    print(summary.format())
-    failed = sum(n for s in summary.scorers.values() for k, n in s.status_counts.items() if k not in ("ok", "undefined"))
+        summaries = asyncio.run(go())
+    print(summaries[0].format())
+    if len(summaries) > 1:
+        n_null = sum(s.n_features for s in null_sets)
+        print(f"null baseline ({n_null} feature(s) with a shuffled label; `autointerp report` compares them):")
+        print("\n".join(summaries[1].format().splitlines()[1:]))
+    failed = sum(n for summary in summaries for s in summary.scorers.values() for k, n in s.status_counts.items()
+                 if k not in ("ok", "undefined"))
     return 0 if failed == 0 else 1

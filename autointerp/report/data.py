@@ -16,6 +16,7 @@ import pandas as pd
 
 from autointerp.errors import UserError
 from autointerp.store import RunInfo, Store
+from autointerp.store.sets import is_null_model, null_set_key
 
 # Default "good feature" thresholds per scorer, used for "fraction above threshold". Simulation is a
 # Pearson correlation (0.5 is a common "well explained" cut); detection/fuzzing are balanced accuracies
@@ -66,11 +67,13 @@ class ExplanationSet:
 
 
 def explanation_sets(store: Store, run_id: str) -> list[ExplanationSet]:
+    """The run's label sets (explainer's and imported ones), without the shuffled-label null sets: those are
+    a baseline of a set, never a set to show or compare on their own."""
     frame = store.explanation_sets(run_id)
     return [
         ExplanationSet(r["explainer_model"], r["prompt_name"], r["prompt_hash"], r["config_hash"], int(r["n"]),
                        int(r["n_ok"]))
-        for r in frame.to_dict("records")
+        for r in frame.to_dict("records") if not is_null_model(str(r["explainer_model"]))
     ]
 
 
@@ -83,7 +86,8 @@ def choose_explanation_set(store: Store, run_id: str, explainer_model: str | Non
             have = ", ".join(sorted({s.explainer_model for s in sets})) or "none"
             raise UserError(
                 f"no explanations by explainer model {explainer_model!r} in this run (have: {have})",
-                "pass one of those to --explainer-model, or run `autointerp explain` with that model",
+                "pass one of those to --explainer-model (or --source for imported labels), or run "
+                "`autointerp explain` with that model",
             )
         sets = matching
     return sets[0] if sets else None
@@ -103,6 +107,8 @@ class RunData:
     metrics: dict[str, float | None]
     logits: pd.DataFrame
     scorers: list[str] = field(default_factory=list)
+    #: Scores of the shuffled-label null set of the chosen set (same columns as `scores`; empty if none).
+    null_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def ok_scores(self, scorer: str) -> pd.DataFrame:
         """feature_id, score for the scorer's successful scores."""
@@ -120,9 +126,11 @@ def load_run(store: Store, sae_name: str | None, explainer_model: str | None = N
     """Read one run's report data; `explanation_set` overrides the default choice."""
     run = store.resolve_run(sae_name)
     chosen = explanation_set or choose_explanation_set(store, run.run_id, explainer_model)
+    null_scores = pd.DataFrame()
     if chosen is not None:
         explanations = store.set_explanations(run.run_id, *chosen.key)
         scores = store.set_scores(run.run_id, *chosen.key)
+        null_scores = store.set_scores(run.run_id, *null_set_key(chosen.key))
     else:
         explanations = pd.DataFrame(columns=["feature_id", "explanation_id", "status", "explanation", "error"])
         scores = pd.DataFrame(columns=["feature_id", "scorer", "status", "score", "chance", "details", "error",
@@ -139,6 +147,7 @@ def load_run(store: Store, sae_name: str | None, explainer_model: str | None = N
         metrics=store.sae_metrics(run.run_id),
         logits=store.feature_logits(run.run_id),
         scorers=scorers,
+        null_scores=null_scores,
     )
 
 

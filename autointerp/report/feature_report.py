@@ -30,6 +30,7 @@ from autointerp.report.data import (
     simulation_traces,
     threshold_for,
 )
+from autointerp.report.null import null_baselines
 from autointerp.report.templates import read_asset, render_html, render_markdown
 from autointerp.report.writing import write_text_atomic
 from autointerp.store import Store
@@ -146,6 +147,7 @@ def summarize(data: RunData, options: ReportOptions) -> dict[str, Any]:
         "explanation_status": expl_status,
         "n_explained": expl_status.get("ok", 0),
         "scorers": scorer_rows,
+        "null_baseline": [b.as_dict() for b in null_baselines(data.scores, data.null_scores, data.scorers)],
         "best": best,
         "worst": worst,
         "best_worst_scorer": best_worst_scorer,

@@ -23,6 +23,7 @@ from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, get_scor
 from autointerp.score.config import ScoreConfig
 from autointerp.score.contexts import check_no_leakage, feature_seed, select_test_contexts
 from autointerp.store import RunInfo, Store
+from autointerp.store.sets import is_null_model
 
 DONE_STATUSES = {Status.OK.value, Status.UNDEFINED.value}
 
@@ -78,6 +79,9 @@ def resolve(store: Store, run: str | None) -> RunInfo:
 def select_explanations(store: Store, run_id: str, config: ScoreConfig,
                         feature_ids: Sequence[int] | None) -> pd.DataFrame:
     frame = store.explanations(run_id, status=Status.OK.value)
+    if config.explainer_model is None or not is_null_model(config.explainer_model):
+        # shuffled-label null sets are scored only when asked for by name (see score/null.py)
+        frame = frame[~frame["explainer_model"].map(is_null_model).astype(bool)]
     if config.explainer_model is not None:
         frame = frame[frame["explainer_model"] == config.explainer_model]
     if config.explanation_prompt is not None:

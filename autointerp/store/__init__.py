@@ -19,6 +19,7 @@ import pandas as pd
 
 from autointerp.errors import UserError
 from autointerp.store.schema import SCHEMA_SQL, SCHEMA_VERSION
+from autointerp.store.sets import null_set_key
 
 __all__ = ["Store", "SCHEMA_VERSION", "RunInfo"]
 
@@ -313,6 +314,31 @@ class Store:
             return
         self._upsert_many("explanations", "explanation_id", rows)
 
+    def replace_explanation_set(self, run_id: str, key: tuple[str, str, str], rows: Sequence[dict[str, Any]]) -> int:
+        """Make the set `key` of `run_id` hold exactly `rows` (explanation dicts of that set), in ONE transaction.
+
+        Rows already stored under the same explanation_id are kept as they are, with their scores (so a rerun
+        skips them); rows of the set not in `rows` are deleted together with their scores (their label
+        changed, e.g. a null set re-drawn after more features were explained). Returns rows deleted.
+        """
+        wanted = [str(r["explanation_id"]) for r in rows]
+        with self.transaction():
+            stale = self.con.execute(
+                "SELECT explanation_id FROM explanations WHERE run_id = ? AND explainer_model = ? AND prompt_hash = ? "
+                "AND config_hash = ? AND explanation_id NOT IN (SELECT UNNEST(?::VARCHAR[]))",
+                [run_id, *key, wanted],
+            ).fetchall()
+            stale_ids = [r[0] for r in stale]
+            if stale_ids:
+                self.con.execute("DELETE FROM scores WHERE explanation_id IN (SELECT UNNEST(?::VARCHAR[]))", [stale_ids])
+                self.con.execute("DELETE FROM explanations WHERE explanation_id IN (SELECT UNNEST(?::VARCHAR[]))",
+                                 [stale_ids])
+            if rows:
+                frame = pd.DataFrame([{k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
+                                       for k, v in r.items()} for r in rows])
+                self._insert_df("explanations", frame, "ON CONFLICT (explanation_id) DO NOTHING")
+        return len(stale_ids)
+
     def explanations(self, run_id: str, status: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM explanations WHERE run_id = ?"
         params: list[Any] = [run_id]
@@ -455,8 +481,10 @@ class Store:
     ) -> tuple[str, dict[str, Any]]:
         """One row per feature of the run; see docs/parquet-schema.md. Score columns are per scorer."""
         model, prompt_hash, config_hash = explanation_set or ("", "", "")  # no set: no label rows match
-        params: dict[str, Any] = {"run": run_id, "m": model, "p": prompt_hash, "c": config_hash, "k": n_contexts}
-        score_cols = []
+        null_model, null_prompt, null_config = null_set_key((model, prompt_hash, config_hash))
+        params: dict[str, Any] = {"run": run_id, "m": model, "p": prompt_hash, "c": config_hash, "k": n_contexts,
+                                  "nm": null_model, "np": null_prompt, "nc": null_config}
+        score_cols, null_cols = [], []
         for i, scorer in enumerate(scorers):
             col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
             params[f"s{i}"] = scorer
@@ -465,14 +493,16 @@ class Store:
                 f"coalesce(max(status) FILTER (WHERE scorer = $s{i}), 'not_scored') AS \"{col}_status\", "
                 f'max(chance) FILTER (WHERE scorer = $s{i}) AS "{col}_chance"'
             )
+            null_cols.append(f"max(score) FILTER (WHERE scorer = $s{i} AND status = 'ok') AS \"{col}_null\"")
         pivot_cols = ", ".join(score_cols)
         sc_select = f", {pivot_cols}" if score_cols else ""
+        nl_select = f", {', '.join(null_cols)}" if null_cols else ""
         outer_scores = ""
         for scorer in scorers:
             col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
             outer_scores += (
                 f', sc."{col}_score", coalesce(sc."{col}_status", \'not_scored\') AS "{col}_status", '
-                f'sc."{col}_chance"'
+                f'sc."{col}_chance", nl."{col}_null"'
             )
         sql = f"""
         WITH lab AS (
@@ -486,6 +516,15 @@ class Store:
                                        ORDER BY s.created_at DESC, s.score_id) = 1
         ), sc AS (
             SELECT feature_id{sc_select} FROM latest GROUP BY feature_id
+        ), null_latest AS (
+            -- the feature's score with a shuffled label (its set's null set), NULL where not sampled
+            SELECT s.feature_id, s.scorer, s.score, s.status
+            FROM scores s JOIN explanations ne ON ne.explanation_id = s.explanation_id
+            WHERE ne.run_id = $run AND ne.explainer_model = $nm AND ne.prompt_hash = $np AND ne.config_hash = $nc
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
+                                       ORDER BY s.created_at DESC, s.score_id) = 1
+        ), nl AS (
+            SELECT feature_id{nl_select} FROM null_latest GROUP BY feature_id
         ), ranked AS (
             SELECT e.feature_id, e.split, e.max_activation, e.activations, c.tokens,
                    row_number() OVER (PARTITION BY e.feature_id
@@ -518,6 +557,7 @@ class Store:
         JOIN runs r ON r.run_id = f.run_id
         LEFT JOIN lab ON lab.feature_id = f.feature_id
         LEFT JOIN sc ON sc.feature_id = f.feature_id
+        LEFT JOIN nl ON nl.feature_id = f.feature_id
         LEFT JOIN top ON top.feature_id = f.feature_id
         LEFT JOIN lg ON lg.feature_id = f.feature_id
         WHERE f.run_id = $run

@@ -1,0 +1,80 @@
+"""The shuffled-label baseline of every scorer, as report, compare and the Markdown summary show it.
+
+Per scorer, over the features that have an ok score with their real label AND with a shuffled label
+(another feature's label, from the null set the score stage writes, see `autointerp.score.null`): the
+mean with real labels, the mean with shuffled labels, their paired difference with a seeded bootstrap
+95 % CI, and the share of features whose real label beats its shuffled one. A scorer whose CI includes 0
+(or that has no pairs at all) is flagged: on this run it cannot tell a feature's own label from a random
+one, so its mean measures nothing, whatever its distance from chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from autointerp.report import stats
+
+NOT_DISTINGUISHABLE = "not distinguishable from shuffled labels on this run"
+NO_BASELINE = "no shuffled-label baseline on this run (score with --null-sample above 0)"
+
+
+@dataclass(frozen=True)
+class NullBaseline:
+    scorer: str
+    n_pairs: int
+    real_mean: float | None  # over the paired features
+    null_mean: float | None
+    diff: float | None  # mean of real - shuffled
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None  # sign-flip permutation test
+    share_real_wins: float | None  # fraction of paired features with real > shuffled (ties are not wins)
+    share_ties: float | None
+    beats_null: bool  # CI strictly above 0
+    verdict: str  # '' when the scorer beats the baseline, else NOT_DISTINGUISHABLE / NO_BASELINE
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ok(scores: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    if scores.empty:
+        return pd.DataFrame(columns=["feature_id", "score"])
+    s = scores[(scores["scorer"] == scorer) & (scores["status"] == "ok") & scores["score"].notna()]
+    return s[["feature_id", "score"]]
+
+
+def null_baseline(
+    real: pd.DataFrame, null: pd.DataFrame, scorer: str, n_boot: int = 2000, n_perm: int = 2000, seed: int = 0
+) -> NullBaseline:
+    """The baseline of one scorer from the real set's and the null set's score rows (newest per feature)."""
+    both = _ok(real, scorer).merge(_ok(null, scorer), on="feature_id", suffixes=("_real", "_null"))
+    if both.empty:
+        return NullBaseline(scorer, 0, None, None, None, None, None, None, None, None, False, NO_BASELINE)
+    a = both["score_real"].to_numpy(dtype=float)
+    b = both["score_null"].to_numpy(dtype=float)
+    diff = stats.paired_difference(a, b, n_boot, n_perm, seed)
+    beats = bool(diff.low > 0)
+    return NullBaseline(
+        scorer=scorer,
+        n_pairs=int(a.size),
+        real_mean=float(a.mean()),
+        null_mean=float(b.mean()),
+        diff=diff.diff,
+        ci_low=diff.low,
+        ci_high=diff.high,
+        p_value=diff.p_value,
+        share_real_wins=float(np.mean(a > b)),
+        share_ties=float(np.mean(a == b)),
+        beats_null=beats,
+        verdict="" if beats else NOT_DISTINGUISHABLE,
+    )
+
+
+def null_baselines(
+    real: pd.DataFrame, null: pd.DataFrame, scorers: list[str], seed: int = 0
+) -> list[NullBaseline]:
+    return [null_baseline(real, null, s, seed=seed) for s in scorers]
