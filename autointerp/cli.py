@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "collect",
     "evaluate",
     "explain",
+    "import_labels",
     "score",
     "report",
     "compare",

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "embedding 0.75); repeatable")
     parser.add_argument("--all-explainers", action="store_true",
                         help="one arm per explanation set (explainer/prompt) instead of the most complete per SAE")
-    parser.add_argument("--explainer-model", help="use labels by this explainer model in every SAE")
+    parser.add_argument("--explainer-model", "--source", dest="explainer_model",
+                        help="use labels by this explainer model (or imported under this --source) in every SAE")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--n-perm", type=int, default=2000, help="permutations for p-values (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for resampling (default 0)")

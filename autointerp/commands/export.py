@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output file: .parquet, or .jsonl for --format neuronpedia")
     parser.add_argument("--format", choices=["parquet", "neuronpedia"], default="parquet",
                         help="parquet (default) or neuronpedia (JSON Lines, one feature per line)")
-    parser.add_argument("--explainer-model", help="export labels by this explainer (default: the most complete set)")
+    parser.add_argument("--explainer-model", "--source", dest="explainer_model",
+                        help="export labels by this explainer, or imported under this --source "
+                        "(default: the most complete set)")
     parser.add_argument("--n-contexts", type=int, default=10, help="top contexts per feature (default 10)")
     parser.set_defaults(func=run)
 

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--db", required=True, help="workspace DuckDB file")
     parser.add_argument("--sae-name", help="which SAE (needed when the workspace holds several)")
     parser.add_argument("--out", help="output .html (default reports/<sae-name>.html)")
-    parser.add_argument("--explainer-model", help="show labels by this explainer (default: the most complete set)")
+    parser.add_argument("--explainer-model", "--source", dest="explainer_model",
+                        help="show labels by this explainer, or imported under this --source "
+                        "(default: the most complete set)")
     parser.add_argument("--max-cards", type=int, default=1000,
                         help="features with a full card (labelled first, then most active); default 1000")
     parser.add_argument("--n-top", type=int, default=8, help="top contexts per card (default 8)")
