@@ -147,7 +147,7 @@ class LocalClient:
         spec: str,
         *,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_batch_size: int = 8,
         batch_wait_s: float = 0.005,
         json_prefill: bool = True,

@@ -172,15 +172,15 @@ def tail(path: Path, lines: int = 40) -> str:
 
 def resolve_model_dir(model: str, served_model_name: str | None = None) -> tuple[Path, str]:
     """(HF directory to serve, served model name). A GGUF spec is converted once into the cache."""
-    from autointerp.models import BUILTIN_MODELS, resolve_model_path
+    from autointerp.models import BUILTIN_NAMES, cache_dtype, resolve_model_path
     from autointerp.models.convert import cached_hf_dir
 
     directory, gguf_file = resolve_model_path(model)
     if gguf_file is not None:
-        directory = cached_hf_dir(model)
+        directory = cached_hf_dir(model, dtype=cache_dtype(model))
     if served_model_name:
         return directory, served_model_name
-    if model in BUILTIN_MODELS:
+    if model in BUILTIN_NAMES:
         return directory, model
     name = Path(gguf_file).stem if gguf_file else Path(model).expanduser().resolve().name
     return directory, name

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.models import BUILTIN_MODELS, DTYPES, resolve_model_path
+from autointerp.models import BUILTIN_NAMES, DTYPES, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def cached_hf_dir(spec: str, dtype: str = "float32", cache_dir: Path | None = No
     directory, gguf_file = resolve_model_path(spec)
     if gguf_file is None:
         return directory
-    name = spec if spec in BUILTIN_MODELS else Path(gguf_file).stem
+    name = spec if spec in BUILTIN_NAMES else Path(gguf_file).stem
     root = (cache_dir or cache_root()) / "models"
     target = root / f"{name}-{source_fingerprint(spec)}-{dtype}"
     if is_converted_dir(target):
