@@ -117,7 +117,8 @@ class FakeClient:
             })
         return LogprobsResult(Status.OK, positions=list(positions), top_logprobs=tops, prompt_tokens=len(token_ids))
 
-    async def chat(self, messages, *, json_schema=None, max_tokens=256, temperature=0.0, seed=0) -> ChatResult:
+    async def chat(self, messages, *, json_schema=None, max_tokens=256, temperature=0.0, seed=0,
+                   top_logprobs=0) -> ChatResult:  # gives no logprobs: the scorers' hard-answer fallback
         self.chat_calls += 1
         content = messages[-1]["content"]
         tokens_in = len(content) // 4

@@ -81,6 +81,15 @@ def test_planted_harness_with_smollm2(tmp_path, client, planted_inputs):
             assert d["method"] == "logprobs" and 0 <= d["slot_coverage"] <= 1
             assert d["n_tokens"] == sum(len(c["true"]) for c in d["contexts"])
         assert (sim["prompt_tokens"] > 0).all()
+        # Detection with the embedded backend reads P(1) per context from its logprobs: AUC beside accuracy.
+        from autointerp.score.metrics import auc
+
+        for details in frame[(frame["scorer"] == "detection") & (frame["status"] == "ok")]["details"]:
+            d = json.loads(details)
+            assert d["auc_method"] == "logprobs", d.get("auc_note")
+            p_yes = [item["p_yes"] for item in d["items"]]
+            assert all(0 <= p <= 1 for p in p_yes)
+            assert d["auc"] == pytest.approx(auc(p_yes, [item["label"] for item in d["items"]]), abs=1e-3)
         # The embedding scorer needs no LLM; it separates topical features (digits), not function words
         # (" the": a sentence embedding of "the word the" says little), so only the digits latent is asserted.
         table = planted_results(store, run_id)

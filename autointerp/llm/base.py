@@ -30,9 +30,20 @@ class Status(str, enum.Enum):
 Message = dict[str, str]
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token of a chat reply: its text, its logprob and the top alternatives {text: logprob}
+    at that step (the chosen token included), when the caller asked for `top_logprobs`."""
+
+    token: str
+    logprob: float
+    top: dict[str, float]
+
+
 @dataclass
 class ChatResult:
-    """One chat completion. `parsed` is set only when status is OK and a schema was given."""
+    """One chat completion. `parsed` is set only when status is OK and a schema was given. `token_logprobs`
+    is set only when logprobs were asked for and the backend returned them (else None)."""
 
     status: Status
     text: str | None = None
@@ -43,6 +54,7 @@ class ChatResult:
     completion_tokens: int = 0
     latency_s: float = 0.0
     attempts: int = 1
+    token_logprobs: list[TokenLogprob] | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,8 +99,11 @@ class LLMClient(Protocol):
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = 0,
+        top_logprobs: int = 0,
     ) -> ChatResult:
-        """A chat completion; with `json_schema`, the reply is parsed and validated against it."""
+        """A chat completion; with `json_schema`, the reply is parsed and validated against it. With
+        `top_logprobs` N > 0, the reply's tokens come back with their top-N alternatives where the backend
+        can give them (`ChatResult.token_logprobs`; None where it cannot)."""
         ...
 
     async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status
+from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.microbatch import MicroBatcher
 from autointerp.llm.replies import judge_reply
 
@@ -39,6 +39,7 @@ class _ChatItem:
     seed: int | None
     stop_after_json: bool
     schema_key: str | None = None      # canonical JSON of the schema, for grammar-guided decoding
+    top_logprobs: int = 0              # > 0: return each reply token with its top-N alternatives
 
 
 @dataclass
@@ -47,6 +48,7 @@ class _Generated:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    token_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -101,6 +103,23 @@ def json_object_end(text: str) -> int | None:
             if started and depth == 0:
                 return index + 1
     return None
+
+
+def _step_logprobs(tokenizer: Any, scores: Any, row: int, reply_ids: list[int], top_n: int) -> list[TokenLogprob]:
+    """Per generated token of one row: its logprob and the top-N alternatives, each token decoded alone."""
+    import torch
+
+    out = []
+    for step, token_id in enumerate(reply_ids):
+        logprobs = torch.log_softmax(scores[step][row].float(), dim=-1)
+        values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]))
+        top = {tokenizer.decode([int(i)]): float(v) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+               if v > float("-inf")}
+        text = tokenizer.decode([int(token_id)])
+        chosen = float(logprobs[int(token_id)])
+        top.setdefault(text, chosen)
+        out.append(TokenLogprob(text, chosen, top))
+    return out
 
 
 class _Grammars:
@@ -209,6 +228,7 @@ class LocalClient:
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = 0,
+        top_logprobs: int = 0,
     ) -> ChatResult:
         started = time.perf_counter()
         tokenizer = await asyncio.get_running_loop().run_in_executor(self._executor, self.tokenizer)
@@ -218,13 +238,14 @@ class LocalClient:
         prefill = schema_prefill(json_schema) if wants_object and self.json_prefill and not guided else ""
         schema_key = json.dumps(json_schema, sort_keys=True) if guided else None
         item = _ChatItem(prompt, prefill, max_tokens, temperature, seed, stop_after_json=json_schema is not None,
-                         schema_key=schema_key)
+                         schema_key=schema_key, top_logprobs=max(0, int(top_logprobs)))
         generated = await self._chat_batcher.submit(item)
         verdict = judge_reply(generated.text, generated.finish_reason, json_schema)
         return ChatResult(
             verdict.status, text=generated.text, parsed=verdict.parsed, error=verdict.error,
             finish_reason=generated.finish_reason, prompt_tokens=generated.prompt_tokens,
             completion_tokens=generated.completion_tokens, latency_s=time.perf_counter() - started,
+            token_logprobs=generated.token_logprobs,
         )
 
     def _generate_batch(self, items: list[_ChatItem]) -> list[_Generated]:
@@ -284,14 +305,19 @@ class LocalClient:
             torch.manual_seed(first.seed)
         criteria = StoppingCriteriaList([JsonDone()]) if any(i.stop_after_json for i in items) else None
         processors = self._grammars.logits_processors(lm, first.schema_key, len(items))
+        want_logprobs = any(item.top_logprobs > 0 for item in items)
         with torch.inference_mode():
-            output = model.generate(
+            generated = model.generate(
                 input_ids=encoded["input_ids"].to(lm.device),
                 attention_mask=encoded["attention_mask"].to(lm.device),
                 generation_config=config,
                 stopping_criteria=criteria,
                 logits_processor=processors,
+                # the scores after the logits processors: with a grammar, only tokens it allows carry mass
+                output_scores=want_logprobs,
+                return_dict_in_generate=want_logprobs,
             )
+        output = generated.sequences if want_logprobs else generated
         results = []
         for row, item in enumerate(items):
             new_ids = output[row, prompt_length:].tolist()[: item.max_tokens]
@@ -303,7 +329,11 @@ class LocalClient:
                 end = json_object_end(text)
                 if end is not None:
                     text, finish = text[:end], "stop"
-            results.append(_Generated(text, finish, int(encoded["attention_mask"][row].sum()), len(reply_ids)))
+            token_logprobs = None
+            if item.top_logprobs > 0:
+                token_logprobs = _step_logprobs(tokenizer, generated.scores, row, reply_ids, item.top_logprobs)
+            results.append(_Generated(text, finish, int(encoded["attention_mask"][row].sum()), len(reply_ids),
+                                      token_logprobs))
         return results
 
     # ------------------------------------------------------------------ prompt logprobs

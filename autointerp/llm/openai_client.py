@@ -25,7 +25,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from autointerp.errors import UserError
-from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status
+from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.ratelimit import AsyncTokenBucket
 from autointerp.llm.replicas import Replica, ReplicaPool
 from autointerp.llm.replies import judge_reply
@@ -426,6 +426,7 @@ class OpenAIClient:
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int | None = 0,
+        top_logprobs: int = 0,
     ) -> ChatResult:
         await self._ensure_model()
         started = time.perf_counter()
@@ -437,6 +438,9 @@ class OpenAIClient:
         }
         if seed is not None:
             payload["seed"] = seed
+        if top_logprobs > 0:
+            payload["logprobs"] = True
+            payload["top_logprobs"] = min(int(top_logprobs), MAX_PROMPT_LOGPROBS)
         if json_schema is not None and self.guided_json:
             payload["response_format"] = {
                 "type": "json_schema",
@@ -469,6 +473,7 @@ class OpenAIClient:
         return ChatResult(
             verdict.status, text=text, parsed=verdict.parsed, error=verdict.error, finish_reason=finish_reason,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=latency, attempts=attempts,
+            token_logprobs=_chat_logprobs(choice.get("logprobs")) if top_logprobs > 0 else None,
         )
 
     async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:
@@ -515,6 +520,23 @@ class OpenAIClient:
                 result.error = f"cannot read prompt_logprobs: {exc!r}"
         self.counters[result.status.value] += 1
         return result
+
+
+def _chat_logprobs(block: Any) -> list[TokenLogprob] | None:
+    """OpenAI chat `logprobs.content` ([{token, logprob, top_logprobs: [{token, logprob}]}]) -> TokenLogprob
+    list; None when the server sent none or something unreadable (the caller then uses the hard answers)."""
+    content = block.get("content") if isinstance(block, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    out = []
+    try:
+        for entry in content:
+            top = {str(t["token"]): float(t["logprob"]) for t in entry.get("top_logprobs") or []}
+            top.setdefault(str(entry["token"]), float(entry["logprob"]))
+            out.append(TokenLogprob(str(entry["token"]), float(entry["logprob"]), top))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return out
 
 
 def _top_entries(entry: dict[str, Any] | None, top_n: int) -> dict[int, float]:

@@ -109,6 +109,8 @@ def summarize(data: RunData, options: ReportOptions) -> dict[str, Any]:
         rows = data.scores[data.scores["scorer"] == scorer]
         chance = pd.to_numeric(rows["chance"], errors="coerce").dropna()
         thr = threshold_for(scorer, options.thresholds)
+        aucs = [parse_details(d).get("auc") for d in rows[rows["status"] == "ok"]["details"]]
+        aucs = [float(a) for a in aucs if isinstance(a, int | float)]
         scorer_rows.append({
             "scorer": scorer,
             "models": ", ".join(sorted(rows["scorer_model"].dropna().astype(str).unique())),
@@ -119,6 +121,9 @@ def summarize(data: RunData, options: ReportOptions) -> dict[str, Any]:
             "chance": float(chance.mean()) if not chance.empty else None,
             "threshold": thr,
             "frac_above": float((ok >= thr).mean()) if ok.size else None,
+            # detection/fuzzing: ROC AUC of the per-context P(yes) read from logprobs, where the backend gave them
+            "auc_mean": float(np.mean(aucs)) if aucs else None,
+            "n_auc": len(aucs),
         })
     labels = expl.set_index("feature_id")["explanation"].to_dict() if not expl.empty else {}
     best, worst = [], []
@@ -319,6 +324,7 @@ def _card_scores(rows: pd.DataFrame | None) -> tuple[list[dict[str, Any]], list[
             "chance": None if r.chance is None or pd.isna(r.chance) else float(r.chance),
             "status": str(r.status),
             "error": None if r.error is None or pd.isna(r.error) else str(r.error)[:500],
+            "auc": details.get("auc") if isinstance(details.get("auc"), int | float) else None,
         })
         if r.scorer == "simulation" and not traces:
             traces = simulation_traces(details)

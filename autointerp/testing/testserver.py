@@ -165,6 +165,7 @@ class FakeOpenAIServer:
         logprobs_reply: LogprobsReply | None = None,
         supports_prompt_logprobs: bool = True,
         accept_response_format: bool = True,
+        chat_logprobs: bool = True,
         vocab_size: int = 49152,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -178,6 +179,7 @@ class FakeOpenAIServer:
         self.logprobs_reply = logprobs_reply
         self.supports_prompt_logprobs = supports_prompt_logprobs
         self.accept_response_format = accept_response_format
+        self.chat_logprobs = chat_logprobs
         self.vocab_size = vocab_size
         self.host = host
         self.port = port
@@ -452,10 +454,27 @@ class FakeOpenAIServer:
             "id": f"chatcmpl-{self._next_index}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish, "logprobs": None}],
+                         "finish_reason": finish, "logprobs": self._chat_logprobs(body, content)}],
             "usage": {"prompt_tokens": _count_tokens(prompt), "completion_tokens": _count_tokens(content),
                       "total_tokens": _count_tokens(prompt) + _count_tokens(content)},
         }
+
+    def _chat_logprobs(self, body: dict[str, Any], content: str) -> dict[str, Any] | None:
+        """OpenAI-style `logprobs.content` when asked (`logprobs: true`): one token per character; at a digit
+        0/1 the other digit is the runner-up, with a deterministic confidence between 0.55 and 0.95."""
+        if not body.get("logprobs") or not self.chat_logprobs:
+            return None
+        top_n = int(body.get("top_logprobs") or 0)
+        entries = []
+        for i, char in enumerate(content):
+            if char in "01":
+                p = 0.55 + 0.4 * random.Random(f"{len(content)}:{i}:{content[:i]}").random()
+                other = "1" if char == "0" else "0"
+                top = [{"token": char, "logprob": math.log(p)}, {"token": other, "logprob": math.log(1 - p)}]
+            else:
+                top = [{"token": char, "logprob": 0.0}]
+            entries.append({"token": char, "logprob": top[0]["logprob"], "top_logprobs": top[:top_n]})
+        return {"content": entries}
 
     def _completions_body(self, body: dict[str, Any], kind: str | None) -> dict[str, Any]:
         prompt = body.get("prompt")

@@ -159,7 +159,7 @@
     card.appendChild(el("h4", "", "Scores"));
     if (c.scores.length) {
       var t = el("table"), head = el("tr");
-      ["scorer", "model", "score", "chance", "status"].forEach(function (x) { head.appendChild(el("th", "", x)); });
+      ["scorer", "model", "score", "chance", "AUC (logprobs)", "status"].forEach(function (x) { head.appendChild(el("th", "", x)); });
       t.appendChild(head);
       c.scores.forEach(function (s) {
         var tr = el("tr");
@@ -167,6 +167,7 @@
         tr.appendChild(el("td", "muted", s.model));
         tr.appendChild(el("td", "num", fmt(s.score)));
         tr.appendChild(el("td", "num", fmt(s.chance)));
+        tr.appendChild(el("td", "num", s.auc === null || s.auc === undefined ? "\u2013" : fmt(s.auc)));
         var tds = el("td"); tds.appendChild(statusBadge(s.status));
         if (s.error) tds.appendChild(el("div", "error", s.error));
         tr.appendChild(tds);
