@@ -13,6 +13,10 @@ otherwise wander off before writing any JSON),
 generation stops once a complete top-level JSON object has been written (like a stop sequence),
 and then the reply goes through the same parse / schema checks as every backend (`replies.py`).
 A small model that writes something else gets PARSE_ERROR / SCHEMA_ERROR, never a fake OK.
+
+The backend never aborts a run: an exception while generating or scoring a batch is retried item by
+item (so one bad item cannot sink its batch-mates), and an item that still fails ends as SERVER_ERROR
+with the exception text, like a 5xx from a server.
 """
 
 from __future__ import annotations
@@ -49,6 +53,31 @@ class _Generated:
     prompt_tokens: int
     completion_tokens: int
     token_logprobs: list[TokenLogprob] | None = None
+    error: str | None = None           # set when generation raised: the item is a SERVER_ERROR
+
+
+def _describe(exc: BaseException) -> str:
+    return f"embedded backend failed: {type(exc).__name__}: {exc}"[:2000]
+
+
+def _isolated(run: Any, items: list[Any], failed: Any) -> list[Any]:
+    """`run(items)`; when it raises, each item alone, and `failed(exc)` for items that still raise.
+
+    Why item by item: a batch fails as a whole (one over-long prompt, one grammar hiccup), but its
+    other items are fine and should not be lost with it.
+    """
+    try:
+        return list(run(items))
+    except Exception as exc:  # noqa: BLE001 - any backend failure becomes a per-item status
+        if len(items) == 1:
+            return [failed(exc)]
+    results = []
+    for item in items:
+        try:
+            results.extend(run([item]))
+        except Exception as exc:  # noqa: BLE001 - recorded on this item, the others continue
+            results.append(failed(exc))
+    return results
 
 
 @dataclass
@@ -139,21 +168,70 @@ class _Grammars:
     def available(self) -> bool:
         return self._xgr is not None
 
-    def logits_processors(self, lm: Any, schema_key: str | None, batch_size: int) -> Any:
+    def logits_processors(self, lm: Any, schema_key: str | None, batch_size: int, stop_ids: list[int]) -> Any:
         """A fresh logits-processor list constraining every row to `schema_key` (None: unconstrained)."""
         from transformers import LogitsProcessorList
 
         if schema_key is None or self._xgr is None:
             return None
         if self._compiler is None:
-            info = self._xgr.TokenizerInfo.from_huggingface(lm.tokenizer, vocab_size=lm.model.config.vocab_size)
+            # The logits are as wide as the model's embedding (Qwen: 151936), wider than the tokenizer's
+            # vocabulary; the bitmask must cover the whole width or the padding ids stay allowed.
+            vocab_size = max(int(lm.model.config.vocab_size), len(lm.tokenizer))
+            info = self._xgr.TokenizerInfo.from_huggingface(lm.tokenizer, vocab_size=vocab_size)
             self._compiler = self._xgr.GrammarCompiler(info)
         if schema_key not in self._compiled:
             # No free whitespace: small models otherwise fill max_tokens with spaces (as noted for vLLM).
             self._compiled[schema_key] = self._compiler.compile_json_schema(schema_key, any_whitespace=False)
-        from xgrammar.contrib.hf import LogitsProcessor
+        return LogitsProcessorList([GuidedRows(self._xgr, self._compiled[schema_key], batch_size, stop_ids)])
 
-        return LogitsProcessorList([LogitsProcessor([self._compiled[schema_key]] * batch_size)])
+
+class GuidedRows:
+    """Grammar-constrained decoding for a batch whose rows finish at different steps.
+
+    Why not `xgrammar.contrib.hf.LogitsProcessor`: it asserts on every token it is fed, but transformers
+    feeds a finished row its pad token, and models with several end ids (Qwen: `<|im_end|>` ends a turn,
+    `<|endoftext|>` pads and ends generation) finish on ids the tokenizer's one EOS does not name; it
+    also leaves a terminated row's stale mask in place. Here every stop id ends the grammar, a finished
+    row is only allowed a stop id, and a token the grammar rejects ends that row (its reply then fails
+    parsing on its own) instead of raising for the whole batch.
+    """
+
+    def __init__(self, xgr: Any, compiled: Any, batch_size: int, stop_ids: list[int]) -> None:
+        self.xgr = xgr
+        self.stop_ids = sorted(stop_ids)
+        self.matchers = [xgr.GrammarMatcher(compiled, override_stop_tokens=self.stop_ids) for _ in range(batch_size)]
+        self.finished = [False] * batch_size
+        self.rejected: list[int | None] = [None] * batch_size   # the token a row's grammar refused, if any
+        self.bitmask = xgr.allocate_token_bitmask(batch_size, compiled.tokenizer_info.vocab_size)
+        self.started = False
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.started:
+            for row, matcher in enumerate(self.matchers):
+                if self.finished[row]:
+                    continue
+                token = int(input_ids[row, -1])
+                if token in self.stop_ids:
+                    self.finished[row] = True
+                elif not matcher.accept_token(token):
+                    self.finished[row], self.rejected[row] = True, token
+                elif matcher.is_terminated():
+                    self.finished[row] = True
+        self.started = True
+        active = [row for row, done in enumerate(self.finished) if not done]
+        for row in active:
+            self.matchers[row].fill_next_token_bitmask(self.bitmask, row)
+        if active:
+            self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=active)
+        for row, done in enumerate(self.finished):
+            if done:
+                stop = scores[row, self.stop_ids[0]].clone()
+                scores[row] = -torch.inf
+                scores[row, self.stop_ids[0]] = torch.nan_to_num(stop, neginf=0.0)
+        return scores
 
 
 class LocalClient:
@@ -185,7 +263,8 @@ class LocalClient:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
         self._chat_batcher: MicroBatcher[_ChatItem, _Generated] = MicroBatcher(
             self._generate_batch, self._executor, max_batch_size, batch_wait_s)
-        self._logprobs_batcher: MicroBatcher[_LogprobsItem, list[dict[int, float]]] = MicroBatcher(
+        # A logprobs result is the top-N per position, or the error text when the forward pass raised.
+        self._logprobs_batcher: MicroBatcher[_LogprobsItem, list[dict[int, float]] | str] = MicroBatcher(
             self._logprobs_batch, self._executor, max_batch_size, batch_wait_s)
 
     def __repr__(self) -> str:
@@ -240,6 +319,10 @@ class LocalClient:
         item = _ChatItem(prompt, prefill, max_tokens, temperature, seed, stop_after_json=json_schema is not None,
                          schema_key=schema_key, top_logprobs=max(0, int(top_logprobs)))
         generated = await self._chat_batcher.submit(item)
+        if generated.error is not None:
+            return ChatResult(Status.SERVER_ERROR, text=generated.text or None, error=generated.error,
+                              finish_reason="error", prompt_tokens=generated.prompt_tokens,
+                              latency_s=time.perf_counter() - started)
         verdict = judge_reply(generated.text, generated.finish_reason, json_schema)
         return ChatResult(
             verdict.status, text=generated.text, parsed=verdict.parsed, error=verdict.error,
@@ -255,7 +338,9 @@ class LocalClient:
             groups.setdefault((item.temperature, item.seed, item.schema_key), []).append(index)
         results: list[_Generated | None] = [None] * len(items)
         for indices in groups.values():
-            for index, result in zip(indices, self._generate_group([items[i] for i in indices]), strict=True):
+            group = _isolated(self._generate_group, [items[i] for i in indices],
+                              lambda exc: _Generated("", "error", 0, 0, error=_describe(exc)))
+            for index, result in zip(indices, group, strict=True):
                 results[index] = result
         return [r for r in results if r is not None]
 
@@ -304,7 +389,7 @@ class LocalClient:
         if first.seed is not None:
             torch.manual_seed(first.seed)
         criteria = StoppingCriteriaList([JsonDone()]) if any(i.stop_after_json for i in items) else None
-        processors = self._grammars.logits_processors(lm, first.schema_key, len(items))
+        processors = self._grammars.logits_processors(lm, first.schema_key, len(items), sorted(stop_ids))
         want_logprobs = any(item.top_logprobs > 0 for item in items)
         with torch.inference_mode():
             generated = model.generate(
@@ -346,21 +431,24 @@ class LocalClient:
             raise ValueError(f"positions {bad} are outside 1..{len(token_ids) - 1} (position 0 has no prediction)")
         started = time.perf_counter()
         top = await self._logprobs_batcher.submit(_LogprobsItem(list(token_ids), list(positions), top_n))
+        if isinstance(top, str):
+            return LogprobsResult(Status.SERVER_ERROR, error=top, prompt_tokens=len(token_ids),
+                                  latency_s=time.perf_counter() - started)
         return LogprobsResult(Status.OK, positions=list(positions), top_logprobs=top, prompt_tokens=len(token_ids),
                               latency_s=time.perf_counter() - started)
 
-    def _logprobs_batch(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]]]:
+    def _logprobs_batch(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]] | str]:
         """Teacher-forced forward passes, a token budget at a time, keeping logits only where asked."""
-        out: list[list[dict[int, float]]] = []
+        out: list[list[dict[int, float]] | str] = []
         chunk: list[_LogprobsItem] = []
         for item in items:
             longest = max([len(i.token_ids) for i in chunk] + [len(item.token_ids)])
             if chunk and longest * (len(chunk) + 1) > self.max_batch_tokens:
-                out += self._logprobs_chunk(chunk)
+                out += _isolated(self._logprobs_chunk, chunk, _describe)
                 chunk = []
             chunk.append(item)
         if chunk:
-            out += self._logprobs_chunk(chunk)
+            out += _isolated(self._logprobs_chunk, chunk, _describe)
         return out
 
     def _logprobs_chunk(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]]]:
