@@ -30,7 +30,12 @@ class Pass1Timing:
     step_seconds: float = 0.0
     baseline_seconds: float = 0.0
     batches: int = 0
-    tokens: int = 0
+    tokens: int = 0              # real tokens
+    padded_tokens: int = 0       # positions run through the model, padding included
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -60,7 +65,7 @@ def run_pass1(
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="collect", disable=not progress, smoothing=0.1)
     pad_id = pad_token_id(lm.tokenizer)
     with torch.inference_mode():
-        for batch in iter_batches(stream, batch_size, pad_id):
+        for batch in iter_batches(stream, batch_size, pad_id, stream.spec.ctx_len):
             if batch.index % world != rank:
                 continue
             if measure_baseline:
@@ -80,6 +85,7 @@ def run_pass1(
             timing.step_seconds += time.perf_counter() - start
             timing.batches += 1
             timing.tokens += batch.n_tokens
+            timing.padded_tokens += batch.n_padded
             bar.update(batch.n_tokens)
             if on_batch is not None:
                 on_batch(batch)

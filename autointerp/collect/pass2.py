@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from autointerp.collect.batches import iter_batches, pad_token_id
-from autointerp.collect.encode import token_activations
+from autointerp.collect.encode import BatchCodes, encode_batch
 from autointerp.collect.rows import context_table, example_table
 from autointerp.collect.selection import NONACTIVATING, Selection
 from autointerp.collect.spill import SpillReader
@@ -33,6 +33,75 @@ class Sink:
 
     examples: Callable[[pa.Table], None]
     contexts: Callable[[pa.Table], None]
+
+
+@dataclass
+class SparseEntries:
+    """A batch's firing (row, position, feature, value) entries: what pass 1 spilled, or a recomputation."""
+
+    row: np.ndarray  # [E] int64: row of the batch
+    position: np.ndarray  # [E] int64
+    feature: np.ndarray  # [E] int64
+    value: np.ndarray  # [E] float32 (> 0)
+
+    @classmethod
+    def from_codes(cls, codes: BatchCodes, width: int) -> SparseEntries:
+        assert codes.tokens is not None
+        tokens = codes.tokens.cpu().numpy().astype(np.int64)
+        return cls(
+            tokens // width,
+            tokens % width,
+            codes.features.cpu().numpy().astype(np.int64),
+            codes.values.to(torch.float32).cpu().numpy(),
+        )
+
+
+def _example_rows(
+    run_id: str,
+    selection: Selection,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    entries: SparseEntries,
+    d_sae: int,
+) -> pa.Table | None:
+    """The example rows of the batch's contexts `ids` (any order), built from sparse entries alone:
+    no dense [rows, width, d_sae] tensor, one vectorised scatter for all examples of the batch."""
+    lo = np.searchsorted(selection.context, ids, side="left")
+    hi = np.searchsorted(selection.context, ids, side="right")
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    starts = np.cumsum(counts) - counts
+    index = np.repeat(lo - starts, counts) + np.arange(total)  # examples of these contexts
+    row = np.repeat(np.arange(len(ids)), counts)
+    # a (context, feature) pair can be several examples (top and random): fill each pair once
+    pair_keys, pair_of = np.unique(
+        row * d_sae + selection.feature[index].astype(np.int64), return_inverse=True
+    )
+    pair_len = lengths[pair_keys // d_sae]
+    pair_start = np.cumsum(pair_len) - pair_len
+    flat = np.zeros(int(pair_len.sum()), dtype=np.float32)
+    pair_max = np.zeros(len(pair_keys), dtype=np.float32)
+    entry_keys = entries.row * d_sae + entries.feature
+    where = np.minimum(np.searchsorted(pair_keys, entry_keys), len(pair_keys) - 1)
+    match = pair_keys[where] == entry_keys
+    flat[pair_start[where[match]] + entries.position[match]] = entries.value[match]
+    np.maximum.at(pair_max, where[match], entries.value[match])
+    ex_len = pair_len[pair_of]
+    ex_start = np.cumsum(ex_len) - ex_len
+    gather = np.repeat(pair_start[pair_of] - ex_start, ex_len) + np.arange(int(ex_len.sum()))
+    return example_table(
+        run_id,
+        selection.feature[index],
+        selection.split[index],
+        selection.kind[index],
+        selection.rank[index],
+        selection.context[index],
+        pair_max[pair_of],
+        flat[gather],
+        ex_len,
+    )
 
 
 @dataclass
@@ -64,6 +133,7 @@ def run_pass2(
     batch_size: int,
     nonactivating_k: int,
     sink: Sink,
+    ctx_len: int | None = None,
     progress: bool = True,
     spill: SpillReader | None = None,
 ) -> Pass2Result:
@@ -83,56 +153,47 @@ def run_pass2(
     n_examples = n_written = 0
     bar = tqdm(total=len(needed), unit="ctx", desc="examples", disable=not progress)
     with torch.inference_mode():
-        for batch in iter_batches(_needed(stream, needed), batch_size, pad_token_id(lm.tokenizer)):
+        for batch in iter_batches(_needed(stream, needed), batch_size, pad_token_id(lm.tokenizer), ctx_len):
+            width = batch.input_ids.shape[1]
+            ids = batch.context_ids.numpy()
             if spill is not None:
-                acts = spill.activations(batch.context_ids, batch.input_ids.shape[1])  # [B, T, d]
+                entry_row, spilled = spill.entries(ids)
+                entries = SparseEntries(
+                    entry_row,
+                    spilled["position"].astype(np.int64),
+                    spilled["feature"].astype(np.int64),
+                    spilled["value"],
+                )
             else:
                 hidden = activations_at_hook(lm, point, batch.input_ids)
-                acts = token_activations(sae, hidden, batch.valid)  # [B, T, d]
-            ids = batch.context_ids.numpy()
-            lo = np.searchsorted(selection.context, ids[0], side="left")
-            hi = np.searchsorted(selection.context, ids[-1], side="right")
-            if hi > lo:
-                local = np.searchsorted(ids, selection.context[lo:hi])
-                rows = acts[torch.from_numpy(local), :, torch.from_numpy(selection.feature[lo:hi]).long()]
-                lengths = np.array([len(c.token_ids) for c in batch.contexts])[local]
-                width = rows.shape[1]
-                keep = (np.arange(width)[None, :] < lengths[:, None])
-                rows_np = rows.cpu().numpy()
-                sink.examples(
-                    example_table(
-                        run_id,
-                        selection.feature[lo:hi],
-                        selection.split[lo:hi],
-                        selection.kind[lo:hi],
-                        selection.rank[lo:hi],
-                        selection.context[lo:hi],
-                        rows_np.max(axis=1),
-                        rows_np[keep],
-                        lengths,
-                    )
+                entries = SparseEntries.from_codes(
+                    encode_batch(sae, hidden, batch.valid.to(hidden.device)), width
                 )
-                n_examples += int(hi - lo)
+            lengths = np.array([len(c.token_ids) for c in batch.contexts], dtype=np.int64)
+            table = _example_rows(run_id, selection, ids, lengths, entries, sae.d_sae)
+            if table is not None:
+                sink.examples(table)
+                n_examples += table.num_rows
             to_write = [c for c in batch.contexts if c.context_id in referenced]
             if to_write:
                 sink.contexts(context_table(corpus_id, to_write, decode))
                 n_written += len(to_write)
-            maxima = None
             for split, positions in enumerate(sample_position):
-                for row, context in enumerate(batch.contexts):
-                    position = positions.get(context.context_id)
-                    if position is None:
-                        continue
-                    if maxima is None:
-                        maxima = acts.amax(dim=1).cpu().numpy()
-                    fires[split][position] = maxima[row] > 0
-                    sample_contexts[context.context_id] = context
+                sampled = np.array([positions.get(int(c), -1) for c in ids], dtype=np.int64)
+                if not (sampled >= 0).any():
+                    continue
+                for row in np.nonzero(sampled >= 0)[0].tolist():
+                    sample_contexts[int(ids[row])] = batch.contexts[row]
+                hit = sampled[entries.row] >= 0
+                fires[split][sampled[entries.row[hit]], entries.feature[hit]] = True
             bar.update(len(batch.contexts))
     bar.close()
     written = referenced
     nonactive_contexts: set[int] = set()
     for split, sample in enumerate(selection.samples):
-        for table, used in _nonactivating_tables(run_id, split, sample, fires[split], nonactivating_k, sample_contexts):
+        for table, used in _nonactivating_tables(
+            run_id, split, sample, fires[split], nonactivating_k, sample_contexts
+        ):
             sink.examples(table)
             n_examples += table.num_rows
             nonactive_contexts |= used
@@ -149,7 +210,7 @@ def _nonactivating_tables(
     """Rows of (feature, rank, context) for the first k non-firing sampled contexts of every feature."""
     if k == 0 or sample.size == 0:
         return
-    silent = ~fires                                   # [n_sample, d]
+    silent = ~fires  # [n_sample, d]
     rank = np.cumsum(silent, axis=0) - 1
     chosen = silent & (rank < k)
     d = fires.shape[1]

@@ -258,8 +258,8 @@ def write_run(
             writer = ChunkedWriter(store)
             result = run_pass2(
                 lm, point, sae, ContextStream(spec, lm.tokenizer), selection, run_id, cid, config.batch_size,
-                config.nonactivating_k, Sink(writer.add_examples, writer.add_contexts), progress=config.progress,
-                spill=spill,
+                config.nonactivating_k, Sink(writer.add_examples, writer.add_contexts), ctx_len=spec.ctx_len,
+                progress=config.progress, spill=spill,
             )
             with store.transaction():
                 writer.flush_into_open_transaction()

@@ -3,8 +3,9 @@
 On corpora that are not huge compared with d_sae x k, almost every context is some feature's top or
 random example, so recomputing the selected contexts costs a second full forward pass. Instead, pass 1
 appends every firing (position, feature, activation) entry to a file (10 bytes per entry; a TopK SAE
-with k = 32 writes 320 bytes per token) and an index of per-context end offsets. Pass 2 reads back the
-selected contexts only. RAM stays O(batch); disk grows with the corpus, so the spill stops and is
+with k = 32 writes 320 bytes per token) and, at offset 16 x context_id of an index file, the context's
+(start, end) entry offsets, so contexts may arrive in any order (length-bucketed batches do not come in
+id order). Pass 2 reads back the selected contexts only. RAM stays O(batch); disk grows with the corpus, so the spill stops and is
 deleted once it passes `limit_bytes`, and pass 2 then falls back to recomputing. The values read back
 are exactly pass 1's, so an example's stored max equals the activation it was ranked by.
 """
@@ -12,6 +13,7 @@ are exactly pass 1's, so an example's stored max equals the activation it was ra
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,19 +35,18 @@ class CodeSpill:
         self._data = (self.directory / "codes.bin").open("wb")
         self._index = (self.directory / "index.bin").open("wb")
         self.entries = 0
-        self.next_context = 0
         self.active = True
 
     def add(self, context_ids: torch.Tensor, width: int, codes: BatchCodes) -> None:
-        """Append a batch's entries; contexts must arrive in id order 0, 1, 2, ... (single process)."""
+        """Append a batch's entries; contexts may come in any order, each once (single process)."""
         if not self.active:
             return
-        ids = context_ids.cpu().numpy()
+        ids = context_ids.cpu().numpy().astype(np.int64)
         if width > np.iinfo(np.int16).max:
             self.abandon("contexts are too long for the spill format")
             return
-        if codes.tokens is None or ids[0] != self.next_context or np.any(np.diff(ids) != 1):
-            self.abandon("contexts did not arrive in order")
+        if codes.tokens is None:
+            self.abandon("the codes carry no token positions")
             return
         tokens = codes.tokens.cpu().numpy()
         rows = tokens // width
@@ -54,11 +55,14 @@ class CodeSpill:
         entries["position"] = (tokens % width)[order]
         entries["feature"] = codes.features.cpu().numpy()[order]
         entries["value"] = codes.values.to(torch.float32).cpu().numpy()[order]
-        ends = self.entries + np.cumsum(np.bincount(rows, minlength=len(ids)))
+        counts = np.bincount(rows, minlength=len(ids))
+        ends = self.entries + np.cumsum(counts)
+        bounds = np.stack([ends - counts, ends], axis=1).astype("<i8")
         self._data.write(entries.tobytes())
-        self._index.write(ends.astype("<i8").tobytes())
+        fd = self._index.fileno()
+        for context_id, record in zip(ids.tolist(), bounds, strict=True):
+            os.pwrite(fd, record.tobytes(), context_id * 16)
         self.entries += len(entries)
-        self.next_context = int(ids[-1]) + 1
         if self.entries * ENTRY.itemsize > self.limit_bytes:
             self.abandon(f"it passed the spill limit of {self.limit_bytes / 2**30:.1f} GiB")
 
@@ -89,21 +93,21 @@ class SpillReader:
         self._index = (directory / "index.bin").open("rb")
 
     def _bounds(self, context_id: int) -> tuple[int, int]:
-        self._index.seek(max(context_id - 1, 0) * 8)
-        raw = np.frombuffer(self._index.read(16 if context_id else 8), dtype="<i8")
-        return (0, int(raw[0])) if context_id == 0 else (int(raw[0]), int(raw[1]))
+        self._index.seek(context_id * 16)
+        raw = np.frombuffer(self._index.read(16), dtype="<i8")
+        return int(raw[0]), int(raw[1])
 
-    def activations(self, context_ids: torch.Tensor, width: int) -> torch.Tensor:
-        """Dense per-token activations [B, width, d_sae] (float32) of the given contexts."""
-        out = torch.zeros(len(context_ids), width, self.d_sae, dtype=torch.float32)
+    def entries(self, context_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each entry in `context_ids`, the entries) for the given contexts, as pass 1 spilled them."""
+        parts, rows = [], []
         for row, context_id in enumerate(context_ids.tolist()):
             start, end = self._bounds(int(context_id))
             self._data.seek(start * ENTRY.itemsize)
-            entries = np.frombuffer(self._data.read((end - start) * ENTRY.itemsize), dtype=ENTRY)
-            if entries.size:
-                out[row, torch.from_numpy(entries["position"].astype(np.int64)),
-                    torch.from_numpy(entries["feature"].astype(np.int64))] = torch.from_numpy(entries["value"].copy())
-        return out
+            parts.append(np.frombuffer(self._data.read((end - start) * ENTRY.itemsize), dtype=ENTRY))
+            rows.append(np.full(end - start, row, dtype=np.int64))
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=ENTRY)
+        return np.concatenate(rows), np.concatenate(parts)
 
     def close(self) -> None:
         self._data.close()

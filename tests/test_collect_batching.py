@@ -1,0 +1,104 @@
+"""Length-bucketed batching (issue 12): little padding, every context once, and the same store as
+consecutive (unbucketed) batches whatever the bucketing buffer or batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autointerp.collect import CollectConfig, collect
+from autointerp.collect import batches as batching
+from autointerp.corpus import ContextStream, CorpusSpec
+from autointerp.store import Store
+from tests.collect_helpers import TINY_LAYERS, make_sae_dir, make_tiny_model_dir
+
+
+@pytest.mark.parametrize("ctx_len", [64, 256, 1024])
+def test_bucketed_batches_pad_under_five_percent_on_wiki(ctx_len: int) -> None:
+    from autointerp.models import load_tokenizer
+
+    stream = ContextStream(CorpusSpec("wiki", ctx_len=ctx_len, max_tokens=65536), load_tokenizer("smollm2"))
+    contexts = list(stream)
+    batch_size = 4096 // ctx_len
+    real = padded = 0
+    seen: list[int] = []
+    for batch in batching.iter_batches(contexts, batch_size, 0, ctx_len):
+        assert batch.n_padded <= batch_size * ctx_len  # the token budget of a batch
+        real += batch.n_tokens
+        padded += batch.n_padded
+        seen.extend(batch.context_ids.tolist())
+        for row, context in enumerate(batch.contexts):  # each row is exactly its context, once
+            assert batch.input_ids[row, : len(context.token_ids)].tolist() == context.token_ids
+            assert int(batch.valid[row].sum()) == len(context.token_ids) - 1
+    assert sorted(seen) == [c.context_id for c in contexts]
+    assert 1 - real / padded <= 0.05
+    unbucketed = sum(b.n_padded for b in batching.iter_batches(contexts, batch_size, 0))
+    assert padded < unbucketed  # consecutive batches pad more (wiki intros are short)
+
+
+def _collect(tmp_path: Path, name: str, model_dir: Path, sae_dir: Path, **overrides) -> dict:
+    values = dict(
+        model=str(model_dir),
+        hook=f"layers.{TINY_LAYERS - 1}",
+        sae=str(sae_dir),
+        corpus="wiki",
+        sae_name="s",
+        tokens=4000,
+        top_k=5,
+        random_k=5,
+        nonactivating_k=3,
+        ctx_len=64,
+        min_ctx_tokens=8,
+        batch_size=8,
+        progress=False,
+    )
+    values.update(overrides)
+    with Store(tmp_path / f"{name}.duckdb") as store:
+        run = collect(CollectConfig(**values), store)
+        return {
+            "examples": store.examples(run.run_id),
+            "features": store.features(run.run_id),
+            "contexts": store.query_df(
+                "SELECT context_id, doc_id, split, token_ids FROM contexts ORDER BY context_id"
+            ),
+            "documents": store.query_df("SELECT doc_id, split FROM documents ORDER BY doc_id"),
+        }
+
+
+def test_bucketed_store_equals_unbucketed_in_any_batch_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    sae_dir = make_sae_dir(tmp_path / "sae", d_sae=48)
+    monkeypatch.setattr(batching, "BUFFER_BATCHES", 0)  # today's consecutive, unsorted batches
+    stores = {"unbucketed": _collect(tmp_path, "unbucketed", model_dir, sae_dir)}
+    monkeypatch.setattr(batching, "BUFFER_BATCHES", 32)
+    stores["bucketed"] = _collect(tmp_path, "bucketed", model_dir, sae_dir)
+    monkeypatch.setattr(batching, "BUFFER_BATCHES", 3)  # other buckets, other batches, other order
+    stores["small buffer, recompute"] = _collect(
+        tmp_path, "other", model_dir, sae_dir, batch_size=5, spill_gb=0
+    )
+    reference = stores["unbucketed"]
+    keys = ["feature_id", "split", "kind", "rank", "context_id"]
+    assert len(reference["examples"]) > 500
+    for name, store in stores.items():
+        ex = store["examples"].sort_values(keys, ignore_index=True)
+        ref = reference["examples"].sort_values(keys, ignore_index=True)
+        assert ex[keys].equals(ref[keys]), name
+        np.testing.assert_allclose(
+            np.concatenate(ex["activations"].to_numpy()),
+            np.concatenate(ref["activations"].to_numpy()),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(ex["max_activation"], ref["max_activation"], rtol=1e-5, atol=1e-6)
+        assert store["features"]["firing_count"].equals(reference["features"]["firing_count"]), name
+        assert store["contexts"].equals(reference["contexts"]), name
+        # splits by document: every context has its document's split
+        split_of = dict(zip(store["documents"]["doc_id"], store["documents"]["split"], strict=True))
+        assert all(
+            split_of[d] == s
+            for d, s in zip(store["contexts"]["doc_id"], store["contexts"]["split"], strict=True)
+        )
