@@ -99,7 +99,7 @@ def test_labels_every_live_feature_and_rerun_does_nothing(db: Path) -> None:
     assert set(frame["feature_id"]) == set(range(N_LIVE))  # the dead features are never explained
     assert (frame["status"] == "ok").all()
     assert_no_label_without_ok(frame)
-    assert (frame["explainer_model"] == "fake-model").all() and (frame["prompt_name"] == "explain_v1").all()
+    assert (frame["explainer_model"] == "fake-model").all() and (frame["prompt_name"] == ExplainConfig().prompt).all()
     assert frame["prompt_tokens"].gt(0).all()
     # The request carried the schema for guided decoding and both prompt parts.
     body = next(r.body for r in server.requests if r.path == "/v1/chat/completions")
@@ -130,7 +130,15 @@ def test_feature_selection(db: Path) -> None:
     picked = parse_feature_spec("random:4", features, live, seed=7)
     assert len(picked) == 4 and set(picked) <= set(live)
     assert picked == parse_feature_spec("random:4", features, live, seed=7)
-    for bad in ("5-2", "abc", f"0-{N_FEATURES}", "top:0"):
+    middle = parse_feature_spec("middle:3", features, live, seed=3)
+    firing = features[features["density"] > 0]["density"]
+    low, high = firing.quantile([0.25, 0.75])
+    by_id = features.set_index("feature_id")["density"]
+    assert len(middle) == 3 and all(low <= by_id[f] <= high for f in middle)
+    assert not set(middle) & set(densest["feature_id"].head(1))
+    # the score stage passes only labelled features: the same seed picks the same ones among them
+    assert parse_feature_spec("middle:3", features, middle + [densest["feature_id"].iloc[0]], seed=3) == middle
+    for bad in ("5-2", "abc", f"0-{N_FEATURES}", "top:0", "middle:0"):
         with pytest.raises(UserError):
             parse_feature_spec(bad, features, live)
     with FakeOpenAIServer() as server:

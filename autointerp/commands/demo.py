@@ -62,8 +62,9 @@ def demo_config(args: argparse.Namespace) -> dict[str, Any]:
             "tokens": args.tokens, "top_k": 20, "random_k": 20, "nonactivating_k": 20, **quiet,
         },
         "evaluate": {"tokens": min(args.tokens, 20_000), "ce_tokens": min(4_000, args.tokens // 5), **quiet},
-        "explain": {"llm": args.llm, "features": f"top:{args.features}", **quiet},
-        "score": {"llm": args.llm, "scorers": args.scorers, "features": f"top:{args.features}", **quiet},
+        # A seeded sample of middle-density features: ones a person can judge (the densest are the hardest).
+        "explain": {"llm": args.llm, "features": f"middle:{args.features}", **quiet},
+        "score": {"llm": args.llm, "scorers": args.scorers, "features": f"middle:{args.features}", **quiet},
         "report": {"out": str(out / "report.html")},
         "export": {"out": str(out / "catalog.parquet")},
     }

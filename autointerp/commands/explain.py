@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sae-name", default=None, help="which SAE in the workspace (needed when it holds several)")
     add_llm_arguments(parser)
     parser.add_argument("--features", default=None,
-                        help="subset: ids and ranges (1,5,9 or 0-99), top:N (densest N) or random:N (seeded)")
+                        help="subset: ids and ranges (1,5,9 or 0-99), top:N (densest N), random:N or middle:N (seeded)")
     parser.add_argument("--retry-failed", action="store_true", help="also redo replies that did not parse/validate")
     parser.add_argument("--prompt", default=defaults.prompt, help="template name under prompts/ (default %(default)s)")
     parser.add_argument("--n-top", type=int, default=defaults.n_top, help="top examples shown (default %(default)s)")
@@ -90,5 +90,16 @@ def handle(args: argparse.Namespace) -> int:
                 await client.aclose()
 
         summary = asyncio.run(go())
-    print(summary.format())
+        print(summary.format())
+        print("  " + _label_quality(store, run.run_id, summary, feature_ids))
     return 0 if summary.n_failed == 0 else 1
+
+
+def _label_quality(store, run_id: str, summary, feature_ids: list[int]) -> str:  # noqa: ANN001
+    """The label-quality line for the labels of this model + prompt + config on the selected features."""
+    from autointerp.label_quality import label_quality
+    from autointerp.prompting import load_prompt
+
+    rows = store.set_explanations(run_id, summary.model, load_prompt(summary.prompt).hash, summary.config_hash)
+    rows = rows[rows["feature_id"].isin(feature_ids)]
+    return label_quality(rows["explanation"]).format()

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sae-name", default=None, help="which SAE in the workspace (needed when it holds several)")
     parser.add_argument("--scorers", default=ALL_SCORERS, help="comma-separated (default %(default)s)")
     add_llm_arguments(parser)
-    parser.add_argument("--features", default=None, help="subset: ids and ranges (1,5,9 or 0-99), top:N or random:N")
+    parser.add_argument("--features", default=None, help="subset: ids and ranges (1,5,9 or 0-99), top:N, random:N or middle:N")
     parser.add_argument("--retry-failed", action="store_true", help="redo scores stored with a failure status")
     parser.add_argument("--explainer-model", "--source", dest="explainer_model", default=None,
                         help="score only labels written by this explainer model, or imported under this --source")

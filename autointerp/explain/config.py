@@ -27,7 +27,7 @@ class ExplainConfig:
     temperature: float = 0.0
     seed: int = 0
     retries: int = 2                # extra attempts after a reply that does not parse or validate
-    prompt: str = "explain_v1"      # template name under prompts/
+    prompt: str = "explain_v2"      # template name under prompts/ (v2: worked examples)
 
     def __post_init__(self) -> None:
         for name in ("n_top", "n_quantile", "window", "max_tokens", "retries"):

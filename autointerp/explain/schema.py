@@ -10,8 +10,9 @@ from typing import Any
 
 import jsonschema
 
-# A label is "one short phrase"; the cap also stops small models from rambling until max_tokens.
-EXPLANATION_MAX_CHARS = 160
+# A label is "one short phrase" (at most ~12 words); the cap also stops small models from rambling until
+# max_tokens: with guided decoding the string simply cannot grow past it.
+EXPLANATION_MAX_CHARS = 96
 
 EXPLANATION_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -9,7 +9,13 @@ import pandas as pd
 
 from autointerp.errors import UserError
 
-_SPEC_HINT = "use ids and ranges (1,5,9 or 0-99,200), top:N (densest N live features) or random:N (seeded)"
+_SPEC_HINT = (
+    "use ids and ranges (1,5,9 or 0-99,200), top:N (densest N live features), random:N (seeded) "
+    "or middle:N (seeded, among live features of middle density)"
+)
+#: middle:N samples live features whose density lies between these quantiles of the live densities:
+#: the densest fire on half of everything (hard to name), the rarest on a handful of contexts.
+MIDDLE_BAND = (0.25, 0.75)
 
 
 def parse_feature_spec(spec: str | None, features: pd.DataFrame, live_ids: list[int], seed: int = 0) -> list[int]:
@@ -22,7 +28,7 @@ def parse_feature_spec(spec: str | None, features: pd.DataFrame, live_ids: list[
     if spec is None or not spec.strip():
         return sorted(live_ids)
     spec = spec.strip()
-    match = re.fullmatch(r"(top|random):(\d+)", spec)
+    match = re.fullmatch(r"(top|random|middle):(\d+)", spec)
     if match:
         count = int(match.group(2))
         if count < 1:
@@ -30,6 +36,15 @@ def parse_feature_spec(spec: str | None, features: pd.DataFrame, live_ids: list[
         live = features[features["feature_id"].isin(live_ids)]
         if match.group(1) == "top":
             chosen = live.sort_values(["density", "feature_id"], ascending=[False, True])["feature_id"].head(count)
+        elif match.group(1) == "middle":
+            # The band and the seeded order come from the whole feature table, not from `live_ids`, so
+            # explain (live features) and score (labelled features) given the same seed pick the same ones.
+            firing = features[features["density"] > 0]
+            low, high = firing["density"].quantile(list(MIDDLE_BAND)).tolist() if len(firing) else (0.0, 0.0)
+            band = firing[(firing["density"] >= low) & (firing["density"] <= high)]
+            order = np.random.default_rng(seed).permutation(np.array(sorted(int(f) for f in band["feature_id"])))
+            allowed = {int(f) for f in live_ids}
+            chosen = [int(f) for f in order if int(f) in allowed][:count]
         else:
             ids = np.array(sorted(live_ids))
             chosen = np.random.default_rng(seed).permutation(ids)[:count]

@@ -1,0 +1,41 @@
+"""The label-quality figure: which labels count as unusable, and why."""
+
+from __future__ import annotations
+
+from autointerp.explain.config import ExplainConfig
+from autointerp.explain.formatting import Example, build_messages
+from autointerp.label_quality import label_problem, label_quality
+from autointerp.prompting import load_prompt
+
+
+def test_echoes_markers_loops_and_blanks_are_flagged_real_labels_are_not() -> None:
+    bad = {
+        "The marked tokens have in common the words themselves, their context, or what follows.": "echo",
+        "The explanation of the feature is as follows:": "echo",
+        "The feature of the feature of the feature of the feature": "echo",
+        "the word <<rock>>": "marker",
+        "rock music rock bands rock songs": "repeat",
+        "the king of the king of the": "repeat",
+        "   ": "empty",
+        None: "empty",
+        float("nan"): "empty",
+    }
+    for label, reason in bad.items():
+        assert label_problem(label) == reason, label
+    for good in ("years written as four-digit numbers", "references to rock music and bands", "the word 'not'"):
+        assert label_problem(good) is None, good
+    quality = label_quality([*bad, "years written as four-digit numbers", "painting and artwork"])
+    assert quality.n == 11 and quality.n_bad == 9
+    assert quality.problems["echo"] == 3 and "9 of 11" in quality.format()
+
+
+def test_v2_worked_examples_give_labels_the_figure_accepts() -> None:
+    """The prompt's own example labels must pass the checks, or the prompt would teach bad labels."""
+    template = load_prompt("explain_v2")
+    example = Example(0, "top", ["<s>", " the", " cat"], [0.0, 0.0, 2.0], 2.0)
+    system, user = build_messages(template, [example], ExplainConfig())
+    shown = [line.split('"explanation": "')[1].rstrip('"}') for line in system["content"].splitlines()
+             if line.startswith('{"explanation": "') and "<label>" not in line]
+    assert len(shown) == 4 and all(label_problem(label) is None for label in shown)
+    assert all(len(label.split()) <= 12 for label in shown)
+    assert "<<cat>>" in user["content"] and "marked tokens" not in system["content"]
