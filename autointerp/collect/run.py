@@ -27,6 +27,7 @@ from autointerp.collect.pass2 import Sink, run_pass2
 from autointerp.collect.rows import feature_table
 from autointerp.collect.selection import select
 from autointerp.collect.spill import CodeSpill, SpillReader
+from autointerp.collect.spill_owner import remove_orphaned_spills
 from autointerp.collect.state import CollectState
 from autointerp.collect.summary import CollectSummary
 from autointerp.corpus import ContextStream, corpus_id, tokenizer_identity
@@ -111,6 +112,7 @@ def run_collect(
     """`collect` with its summary and timings. `measure_baseline` also times a bare forward per batch
     (for `bench collect`); `on_phase` is called with 'pass1' and 'pass2' as each pass starts."""
     start = time.perf_counter()
+    remove_orphaned_spills(store.path.parent)
     fingerprint = sae_fingerprint(config.sae)
     config_hash = config.config_hash(fingerprint)
     done, replace_run_id = _check_existing(config, store, config_hash)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from autointerp.collect.encode import BatchCodes
+from autointerp.collect.spill_owner import SPILL_PREFIX, claim
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ ENTRY = np.dtype([("position", "<i2"), ("feature", "<i4"), ("value", "<f4")])
 
 class CodeSpill:
     def __init__(self, parent: Path | None, limit_bytes: int) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=".autointerp-spill-", dir=parent))
+        self.directory = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=parent))
+        self._owner = claim(self.directory)  # see spill_owner: a kill -9 leaves it for the next collect
         self.limit_bytes = limit_bytes
         self._data = (self.directory / "codes.bin").open("wb")
         self._index = (self.directory / "index.bin").open("wb")
@@ -80,6 +82,7 @@ class CodeSpill:
     def cleanup(self) -> None:
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+        self._owner.close()  # after the folder is gone, so no cleaner sees it unlocked
 
     def reader(self, d_sae: int) -> SpillReader | None:
         self.close()

@@ -49,8 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a model + SAE over a corpus; store top/random/non-activating examples and feature stats",
         description="One streaming pass (memory O(features x k), flat in corpus size) keeps, per feature and "
         "split, the top-k contexts, a uniform sample of activating contexts and statistics; a second pass "
-        "recomputes per-token activations of the selected contexts. Everything is written to --db in one "
-        "transaction. Documents are split into explain/test sets by a hash of their text.",
+        "recomputes per-token activations of the selected contexts. The run is written to --db in chunked "
+        "commits under a run row marked 'running' and becomes 'complete' in the last commit; other commands "
+        "read only complete runs, a failure removes the partial run, and after a kill rerunning the same "
+        "command removes what was left and collects again. Documents are split into explain/test sets by a "
+        "hash of their text.",
     )
     add_collect_arguments(parser)
     parser.add_argument("--distributed", action="store_true",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,25 @@ from autointerp.store.sets import null_set_key
 __all__ = ["Store", "SCHEMA_VERSION", "RunInfo"]
 
 from autointerp.store.records import RunInfo  # noqa: E402
+
+
+def _open_error(path: Path, exc: Exception) -> UserError:
+    """DuckDB says IOException both for a file held by another process and for a file that is not a
+    database; the fixes differ (wait for / stop that process vs. use another file), so tell them apart."""
+    text = str(exc)
+    if "Could not set lock" in text or "Conflicting lock" in text:
+        pid = re.search(r"PID (\d+)", text)
+        holder = f"process {pid.group(1)}" if pid else "another process"
+        return UserError(
+            f"workspace {path} is in use by {holder} (DuckDB allows one writer per file)",
+            f"wait for {holder} to finish or stop it, then rerun; or use another --db file",
+        )
+    if "not a valid DuckDB database" in text:
+        return UserError(
+            f"{path} is not a DuckDB database file",
+            "point --db at a workspace written by autointerp, or at a new file name (this file is left untouched)",
+        )
+    return UserError(f"cannot open workspace {path}: {text}", "check the file's permissions and the disk")
 
 
 class Store:
@@ -42,10 +62,7 @@ class Store:
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
-            raise UserError(
-                f"cannot open workspace {self.path}: {exc}",
-                "close other autointerp processes using this file, or check that it is a DuckDB file",
-            ) from exc
+            raise _open_error(self.path, exc) from exc
         except duckdb.Error as exc:
             raise UserError(
                 f"{self.path} is not a readable DuckDB database: {exc}",
@@ -200,13 +217,15 @@ class Store:
             for run in runs:
                 if run.sae_name == sae_name:
                     return run
+            if not runs or any(r.sae_name == sae_name for r in self.stale_runs()):
+                raise self._no_complete_run()
             names = ", ".join(r.sae_name for r in runs) or "none"
             raise UserError(
                 f"no completed SAE named {sae_name!r} in {self.path} (have: {names})",
                 "pass one of those names to --sae-name, or run `autointerp collect --sae-name ...` first",
             )
         if not runs:
-            raise UserError(f"{self.path} holds no completed collect run", "run `autointerp collect` first")
+            raise self._no_complete_run()
         if len(runs) > 1:
             raise UserError(
                 f"{self.path} holds several SAEs: {', '.join(r.sae_name for r in runs)}",
@@ -296,6 +315,19 @@ class Store:
             if not self.con.execute("SELECT 1 FROM runs WHERE corpus_id = ?", [corpus_id]).fetchall():
                 for table in ("contexts", "documents", "corpora"):
                     self.con.execute(f"DELETE FROM {table} WHERE corpus_id = ?", [corpus_id])
+
+    def _no_complete_run(self) -> UserError:
+        """The error for a workspace without a complete run; it names a killed run if one is left, because
+        then the fix is to rerun that same collect (it removes the stale row and finishes)."""
+        stale = self.stale_runs()
+        if stale:
+            names = ", ".join(repr(r.sae_name) for r in stale)
+            return UserError(
+                f"{self.path} holds no completed collect run, only the incomplete run {names} "
+                "(its collect was killed or is still running)",
+                "rerun the same `autointerp collect` command: it removes the incomplete run and collects it again",
+            )
+        return UserError(f"{self.path} holds no completed collect run", "run `autointerp collect` first")
 
     def stale_runs(self) -> list[RunInfo]:
         """Runs left with status 'running' (a process that died outside a transaction)."""
