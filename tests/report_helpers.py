@@ -34,6 +34,7 @@ def build_store(
     with_traces: bool = True,
     n_contexts: int = 80,
     ctx_len: int = 16,
+    sae_path: str = "/tmp/sae",
 ) -> str:
     """Write one complete synthetic run; returns its run_id."""
     rng = np.random.default_rng(seed)
@@ -64,7 +65,7 @@ def build_store(
         with store.transaction():
             store.begin_run({
                 "run_id": run_id, "sae_name": sae_name, "model": "tiny-lm", "hook": "blocks.2.hook_resid_post",
-                "sae_path": "/tmp/sae", "sae_architecture": "topk", "d_in": 8, "d_sae": n_features,
+                "sae_path": sae_path, "sae_architecture": "topk", "d_in": 8, "d_sae": n_features,
                 "corpus_id": corpus_id, "config": {"k": 4}, "config_hash": "cfg", "versions": {"autointerp": "t"},
             })
             feats, examples = [], []

@@ -26,6 +26,7 @@ from autointerp import __version__
 from autointerp.errors import UserError
 from autointerp.report import stats, svg
 from autointerp.report.data import ExplanationSet, RunData, explanation_sets, load_run, threshold_for
+from autointerp.report.matching import DEFAULT_MATCH_THRESHOLD, MatchingResult, match_arms
 from autointerp.report.null import null_baseline
 from autointerp.report.templates import read_asset, render_html, render_markdown
 from autointerp.report.writing import write_text_atomic
@@ -61,6 +62,8 @@ class CompareOptions:
     seed: int = 0
     all_explainers: bool = False  # one arm per explanation set instead of the most complete one per run
     explainer_model: str | None = None
+    match: bool = True  # match features across SAEs at the same model/hook by decoder cosine
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class CompareResult:
     markdown_path: Path
     summary: pd.DataFrame
     pairs: pd.DataFrame
+    matching: MatchingResult | None = None
+    matches_csv_path: Path | None = None
 
 
 def load_arms(db_paths: list[str], sae_names: list[str] | None, options: CompareOptions) -> list[Arm]:
@@ -225,6 +230,8 @@ def build_compare(db_paths: list[str], sae_names: list[str] | None, out: Path, o
     arms = load_arms(db_paths, sae_names, options)
     summary = summarize(arms, options)
     pairs = pairwise(arms, options)
+    matching = (match_arms(arms, options.match_threshold, options.n_boot, options.n_perm, options.seed)
+                if options.match else None)
     metric_keys: list[str] = []
     for a in arms:
         metric_keys += [k for k in _metrics(a) if k not in metric_keys]
@@ -243,6 +250,9 @@ def build_compare(db_paths: list[str], sae_names: list[str] | None, out: Path, o
         "summary": summary.to_dict("records"),
         "pairs": pairs.to_dict("records"),
         "plots": build_plots(arms, summary),
+        "matching": None if matching is None else {
+            "pairs": matching.pairs.to_dict("records"), "scores": matching.scores.to_dict("records"),
+            "skipped": matching.skipped, "threshold": options.match_threshold},
         "options": options,
         "has_metrics": any(a.data.metrics for a in arms),
         "css": read_asset("report.css"),
@@ -256,5 +266,9 @@ def build_compare(db_paths: list[str], sae_names: list[str] | None, out: Path, o
     write_text_atomic(md_path, render_markdown("compare.md.j2", **context))
     write_text_atomic(csv_path, summary.to_csv(index=False))
     write_text_atomic(pairs_path, pairs.to_csv(index=False))
-    return CompareResult(out, csv_path, pairs_path, md_path, summary, pairs)
+    matches_path = None
+    if matching is not None:
+        matches_path = out.with_name(out.stem + "-matches.csv")
+        write_text_atomic(matches_path, matching.features.to_csv(index=False))
+    return CompareResult(out, csv_path, pairs_path, md_path, summary, pairs, matching, matches_path)
 
