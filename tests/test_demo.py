@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from autointerp.store import Store
+from autointerp.store.sets import NULL_MODEL
 
 
 @pytest.mark.slow
@@ -36,14 +37,23 @@ def test_demo_runs_every_stage_on_the_real_model(tmp_path):
     with Store(out / "demo.duckdb", read_only=True) as store:
         run = store.resolve_run(None)
         assert run.d_sae == 512 and run.status == "complete"
-        labels = store.explanations(run.run_id)
+        everything = store.explanations(run.run_id)
+        null = everything[everything["explainer_model"] == NULL_MODEL]
+        labels = everything[everything["explainer_model"] != NULL_MODEL]
         assert len(labels) == 3
         assert labels["status"].notna().all()
         assert labels.loc[labels["status"] != "ok", "explanation"].isna().all(), "a failure became a label"
         assert (labels["status"] == "ok").sum() >= 1, labels[["status", "error"]].to_dict("records")
-        scores = store.scores(run.run_id)
+        all_scores = store.scores(run.run_id)
+        scores = all_scores[~all_scores["explanation_id"].isin(null["explanation_id"])]
         ok_labels = set(labels.loc[labels["status"] == "ok", "explanation_id"])
         assert set(scores["explanation_id"]) == ok_labels
+        # the null baseline: each labelled feature is also scored with another feature's label
+        if len(ok_labels) >= 2:
+            assert len(null) == len(ok_labels) and set(null["feature_id"]) == set(
+                labels.loc[labels["status"] == "ok", "feature_id"])
+            assert set(all_scores[all_scores["explanation_id"].isin(null["explanation_id"])]["scorer"]) == set(
+                scores["scorer"])
         assert set(scores["scorer"]) == {"simulation", "detection", "fuzzing", "embedding"}
         assert scores.loc[scores["status"] != "ok", "score"].isna().all(), "a failure became a score"
         simulation = scores[scores["scorer"] == "simulation"]
@@ -57,10 +67,14 @@ def test_demo_runs_every_stage_on_the_real_model(tmp_path):
     import html as html_lib
 
     assert html_lib.escape(first_label, quote=False)[:40] in html or json.dumps(first_label)[1:40] in html
-    assert (out / "report.md").is_file()
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "Null baseline: real labels vs shuffled labels" in markdown
+    assert "beats shuffled labels" in markdown or "not distinguishable from shuffled labels on this run" in markdown \
+        or "no shuffled-label baseline" in markdown
 
     catalog = pd.read_parquet(out / "catalog.parquet")
     assert len(catalog) == 512 and catalog["feature_id"].is_unique
+    assert {"simulation_null", "detection_null", "fuzzing_null", "embedding_null"} <= set(catalog.columns)
     assert catalog["label"].notna().sum() == (labels["status"] == "ok").sum()
     count = duckdb.sql(f"SELECT count(*) FROM '{out / 'catalog.parquet'}'").fetchall()[0][0]
     assert count == 512

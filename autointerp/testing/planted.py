@@ -323,6 +323,21 @@ def _ok_scores(frame: pd.DataFrame, scorer: str) -> pd.DataFrame:
     return frame[(frame["scorer"] == scorer) & (frame["status"] == "ok")][["feature_id", "score"]]
 
 
+def _with_auc_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` plus, per detection/fuzzing score whose details hold a logprob AUC, a row `<scorer>:auc`."""
+    extra = []
+    for row in frame.to_dict("records"):
+        if row["scorer"] not in ("detection", "fuzzing") or not isinstance(row.get("details"), str):
+            continue
+        details = json.loads(row["details"])
+        if details.get("auc_method") != "logprobs":
+            continue
+        value = details.get("auc")
+        extra.append({**row, "scorer": f"{row['scorer']}:auc", "score": value,
+                      "status": "ok" if isinstance(value, int | float) else "undefined"})
+    return pd.concat([frame, pd.DataFrame(extra)], ignore_index=True) if extra else frame
+
+
 def validity_table(store: Store, run_id: str, scorers: Sequence[str], seed: int = 0) -> list[ValidityRow]:
     """Per scorer: right vs shuffled labels over the planted features (shuffled = the RIGHT set's null set)."""
     from autointerp.report.null import null_baseline
@@ -332,6 +347,10 @@ def validity_table(store: Store, run_id: str, scorers: Sequence[str], seed: int 
     key = (RIGHT, "planted", "planted")
     real, null = store.set_scores(run_id, *key), store.set_scores(run_id, *null_set_key(key))
     n_features = len(store.set_explanations(run_id, *key))
+    # detection/fuzzing: also their per-feature AUC of P(yes) from logprobs, read as a score of its own
+    real, null = _with_auc_rows(real), _with_auc_rows(null)
+    present = set(real["scorer"]) | set(null["scorer"])
+    scorers = [name for s in scorers for name in (s, f"{s}:auc") if name == s or name in present]
     rows = []
     for scorer in scorers:
         base = null_baseline(real, null, scorer, seed=seed)
