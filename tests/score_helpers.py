@@ -87,6 +87,7 @@ class FakeClient:
     def __init__(self, model_name: str = "fake-llm", logprobs: bool = True, mode: str = "ok") -> None:
         self.model_name = model_name
         self.supports_prompt_logprobs = logprobs
+        self.concurrency = 8
         self.mode = mode
         self._tokenizer = FakeTokenizer()
         self.chat_calls = 0
@@ -96,6 +97,9 @@ class FakeClient:
         return self._tokenizer
 
     async def aclose(self) -> None:
+        return None
+
+    async def check(self) -> None:
         return None
 
     async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:

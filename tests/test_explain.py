@@ -320,3 +320,61 @@ def test_local_smollm2_labels_a_handful_of_features(db: Path) -> None:
     assert frame.loc[frame["status"] != "empty", "raw_text"].notna().all()
     assert frame["prompt_tokens"].gt(0).all() and frame["completion_tokens"].gt(0).all()
     assert (frame["explainer_model"] == "local:smollm2").all()
+
+
+# ---------------------------------------------------------------------- the work runner
+
+
+def test_an_exception_in_one_item_is_its_recorded_failure_and_the_rest_finish(db: Path, monkeypatch) -> None:
+    import autointerp.explain.run as run_module
+
+    real = run_module.build_messages
+    calls = {"n": 0}
+
+    def planted_bug(template, examples, config):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("planted bug in one item")
+        return real(template, examples, config)
+
+    monkeypatch.setattr(run_module, "build_messages", planted_bug)
+    with FakeOpenAIServer() as server:
+        summary = run_explain(db, server.base_url)
+        assert summary.n_ok == N_LIVE - 1 and summary.failures == {"exception": 1}
+        assert (
+            summary.run is not None and summary.run.n_exceptions == 1 and summary.run.first_item_s is not None
+        )
+        frame = rows(db)
+        assert len(frame) == N_LIVE
+        assert_no_label_without_ok(frame)
+        failed = frame[frame["status"] == "exception"].iloc[0]
+        assert "RuntimeError: planted bug in one item" in failed["error"]
+        again = run_explain(db, server.base_url)  # a bug is not transient: a plain rerun leaves it
+        assert again.n_attempted == 0 and again.n_failed_skipped == 1
+        fixed = run_explain(db, server.base_url, retry_failed=True)
+        assert fixed.n_attempted == 1 and fixed.n_ok == 1
+    frame = rows(db)
+    assert len(frame) == N_LIVE and frame["feature_id"].is_unique and (frame["status"] == "ok").all()
+
+
+def test_chunks_stream_with_a_small_chunk_and_window(db: Path, monkeypatch) -> None:
+    import autointerp.explain.run as run_module
+
+    monkeypatch.setattr(run_module, "CHUNK_FEATURES", 3)  # four store queries for ten features
+    with FakeOpenAIServer(latency_s=0.01, capacity=2) as server:
+        summary = run_explain(db, server.base_url, concurrency=1)
+        assert summary.n_ok == N_LIVE and chat_requests(server) == N_LIVE
+        assert 1 <= summary.run.commits <= N_LIVE and summary.run.requests == N_LIVE
+    frame = rows(db)
+    assert len(frame) == N_LIVE and frame["feature_id"].is_unique
+
+
+def test_the_sync_wrapper_refuses_inside_a_running_loop(db: Path) -> None:
+    from autointerp.explain import explain_sync
+
+    async def inside() -> None:
+        with Store(db) as store:
+            explain_sync(store, store.resolve_run(None), None)
+
+    with pytest.raises(RuntimeError, match="await the async function"):
+        asyncio.run(inside())

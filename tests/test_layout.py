@@ -40,3 +40,20 @@ def test_layout_checker_sees_an_offence(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import os\nfrom autointerp.score import runner\n", encoding="utf-8")
     assert (2, "autointerp.score") in _imported_modules(module)
+
+
+def test_scorer_lookup_imports_only_the_scorer_asked_for() -> None:
+    """score/base.py no longer imports every module of score/: detection does not load the embedding scorer."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from autointerp.score.base import available_scorers, get_scorer_class\n"
+        "assert get_scorer_class('detection').name == 'detection'\n"
+        "assert {'simulation', 'detection', 'fuzzing', 'embedding'} <= set(available_scorers())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('autointerp.score.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "autointerp.score.detection" in out
+    assert "autointerp.score.embedding" not in out and "autointerp.score.simulation" not in out

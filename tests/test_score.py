@@ -326,3 +326,60 @@ def test_planted_results_table(planted):
     table = planted_results(store, run_id)
     assert set(table["scorer"]) == {"detection"} and (table["right"] > table["wrong"]).all()
     assert "yes" in format_results(table)
+
+
+# ---------------------------------------------------------------------- the work runner
+
+class RaisingClient(FakeClient):
+    """Raises (a bug, not a reply) on its first chat call; every later call answers by the rules."""
+
+    async def chat(self, messages, **kwargs):
+        if self.chat_calls == 0:
+            self.chat_calls += 1
+            raise RuntimeError("planted bug in one item")
+        return await super().chat(messages, **kwargs)
+
+
+def test_an_exception_in_one_item_is_recorded_as_its_failure_and_the_rest_finish(planted):
+    store, run_id = planted
+    summary = score_features(store, run_id, RaisingClient(), ["detection"], CONFIG, progress=False)
+    frame = store.scores(run_id, "detection")
+    assert len(frame) == 4 and sorted(frame["status"]) == ["exception", "ok", "ok", "ok"]
+    failed = frame[frame["status"] == "exception"].iloc[0]
+    assert pd.isna(failed["score"]) and "RuntimeError: planted bug in one item" in failed["error"]
+    assert summary.run is not None and summary.run.n_exceptions == 1 and summary.run.n_items == 4
+    summary = score_features(store, run_id, FakeClient(), ["detection"], CONFIG, retry_failed=True, progress=False)
+    assert summary.scorers["detection"].status_counts == {"ok": 4} and len(store.scores(run_id, "detection")) == 4
+
+
+def test_chunked_streaming_gives_the_same_scores_as_one_chunk(planted, tmp_path, monkeypatch):
+    import autointerp.score.runner as runner
+
+    store, run_id = planted
+    score_features(store, run_id, FakeClient(), ["detection", "simulation"], CONFIG, progress=False)
+    other = Store(tmp_path / "chunked.duckdb")
+    other_run = build_planted_store(other, fake_documents(), planted_test_features(), ctx_len=16,
+                                    sae_name="planted", model="fake")
+    monkeypatch.setattr(runner, "CHUNK_FEATURES", 1)  # one store query per feature
+    score_features(other, other_run, FakeClient(), ["detection", "simulation"], CONFIG, progress=False)
+    columns = ["feature_id", "explainer_model", "scorer", "status", "score"]
+
+    def table(s: Store, run: str) -> pd.DataFrame:
+        frame = s.scores(run).merge(s.explanations(run)[["explanation_id", "explainer_model"]])
+        return frame[columns].sort_values(columns[:3]).reset_index(drop=True)
+
+    whole, chunked = table(store, run_id), table(other, other_run)
+    other.close()
+    assert len(whole) == 8 and whole["status"].eq("ok").all()
+    pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_the_sync_wrapper_refuses_inside_a_running_loop(planted):
+    store, run_id = planted
+
+    async def inside():
+        score_features(store, run_id, FakeClient(), ["detection"], CONFIG, progress=False)
+
+    with pytest.raises(RuntimeError, match="await the async function"):
+        asyncio.run(inside())
+    assert store.scores(run_id, "detection").empty

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import shutil
 import socket
@@ -192,13 +191,13 @@ def _client_ceiling(url: str, concurrency: int, n: int) -> tuple[float, float]:
 
 def _score_features() -> Any:
     try:
-        from autointerp.score import score_features
+        from autointerp.score import ascore_features
     except ImportError as exc:
         raise UserError(
-            "--stages simulation needs autointerp.score.score_features, which this install lacks",
+            "--stages simulation needs autointerp.score.ascore_features, which this install lacks",
             "run with --stages explain",
         ) from exc
-    return score_features
+    return ascore_features
 
 
 def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrency: int, n_features: int,
@@ -236,11 +235,10 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
 
 
 async def _bench_simulation(store: Any, run: Any, client: Any, features: list[int]) -> dict[str, Any]:
-    """Runs the simulation scorer on the fresh labels; tolerant of score_features being sync or async."""
-    score_features = _score_features()
+    """Runs the simulation scorer on the fresh labels."""
+    ascore_features = _score_features()
     started = time.perf_counter()
-    call = score_features(store, run, client, ["simulation"], None, features, progress=False)
-    summary = await call if inspect.isawaitable(call) else call
+    summary = await ascore_features(store, run, client, ["simulation"], None, features, progress=False)
     wall = time.perf_counter() - started
     frame = store.scores(run.run_id, "simulation")
     n = len(frame)

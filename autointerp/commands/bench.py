@@ -1,4 +1,4 @@
-"""`autointerp bench collect|llm`: benchmarks that print ratios measured in one run.
+"""`autointerp bench collect|llm|dictionary`: benchmarks that print ratios measured in one run.
 
 Each benchmark module exposes `register(subparsers)`; they are separate so each stays readable alone.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES = ["autointerp.bench.collect", "autointerp.bench.llm"]
+BENCH_MODULES = ["autointerp.bench.collect", "autointerp.bench.llm", "autointerp.bench.dictionary"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -81,9 +81,7 @@ def handle(args: argparse.Namespace) -> int:
 
         async def go():
             try:
-                check = getattr(client, "check", None)
-                if check is not None:
-                    await check()  # server down: a UserError here, before any item is written
+                await client.check()  # server down: a UserError here, before any item is written
                 return await explain(store, run, client, config, feature_ids, args.retry_failed,
                                      progress=not args.no_progress)
             finally:

@@ -1,31 +1,31 @@
 """The explain stage: one label per live feature, written to the store as each reply arrives.
 
 Why it is shaped this way:
-- Every feature is one asyncio task; the client's own concurrency limit decides how many are in
-  flight, so a vLLM batch stays full. Prompts are built a bounded window ahead, so memory stays flat
-  for dictionaries of any width.
-- Each result is one autocommitted upsert keyed by (run, feature, model, prompt hash, config hash):
-  kill -9 loses only the items in flight, and a rerun skips what is done without duplicating.
+- Features go through the shared work runner (`autointerp.llm.runner`): examples are read from the
+  store CHUNK_FEATURES features at a time, a bounded window is in flight (the client's concurrency
+  limit decides how many requests reach the server), and labels are group-committed by one writer.
+  Memory stays flat for dictionaries of any width.
+- Each label is keyed by (run, feature, model, prompt hash, config hash): kill -9 loses only the
+  items in flight, and a rerun skips what is done without duplicating.
 - A reply that does not parse or validate is retried a bounded number of times and then stored as a
   failure with its raw text; a failure never carries a label.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jsonschema
-from tqdm import tqdm
 
 from autointerp.explain.config import ExplainConfig
 from autointerp.explain.formatting import build_messages, examples_by_feature, select_examples
 from autointerp.explain.schema import EXPLANATION_SCHEMA, validate_explanation
 from autointerp.hashing import short_hash
 from autointerp.llm.base import ChatResult, LLMClient, Status
+from autointerp.llm.runner import Outcome, RunStats, error_text, run_items, run_sync, window_for
 from autointerp.prompting import PromptTemplate, load_prompt
 from autointerp.store import RunInfo, Store
 
@@ -40,41 +40,6 @@ RETRY_TEMPERATURE = 0.7
 CHUNK_FEATURES = 256
 
 
-class _GroupWriter:
-    """Writes results as they arrive, all rows that queued up during the previous commit in one commit.
-
-    A DuckDB commit costs ~20-30 ms whatever its size, so one commit per reply would cap the stage at
-    ~40 labels/s; with group commit a reply waits at most one commit before it is durable, and a kill -9
-    loses only replies not yet committed (items in flight).
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.queue: asyncio.Queue[dict[str, object] | None] = asyncio.Queue()
-        self.task = asyncio.create_task(self._loop())
-
-    def put(self, row: dict[str, object]) -> None:
-        if self.task.done():  # the writer died: surface its error instead of queueing forever
-            self.task.result()
-        self.queue.put_nowait(row)
-
-    async def close(self) -> None:
-        self.queue.put_nowait(None)
-        await self.task
-
-    async def _loop(self) -> None:
-        while True:
-            rows = [await self.queue.get()]
-            while not self.queue.empty():
-                rows.append(self.queue.get_nowait())
-            last = rows[-1] is None
-            batch = [r for r in rows if r is not None]
-            if batch:
-                await asyncio.to_thread(self.store.put_explanations, batch)
-            if last:
-                return
-
-
 @dataclass
 class ExplainSummary:
     """What one `explain` call did (printed at the end, returned to callers and the benchmark)."""
@@ -84,15 +49,16 @@ class ExplainSummary:
     prompt: str
     config_hash: str
     n_selected: int = 0
-    n_not_live: int = 0             # selected but dead or without explain-split examples
-    n_done_before: int = 0          # already had an ok label for this key
-    n_failed_skipped: int = 0       # earlier content failures left alone (use retry_failed)
+    n_not_live: int = 0  # selected but dead or without explain-split examples
+    n_done_before: int = 0  # already had an ok label for this key
+    n_failed_skipped: int = 0  # earlier content failures left alone (use retry_failed)
     n_attempted: int = 0
     n_ok: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
+    run: RunStats | None = None  # this call's work: items/s, requests, time to first item
 
     @property
     def n_failed(self) -> int:
@@ -113,12 +79,17 @@ class ExplainSummary:
             f"explain: {self.n_ok} labelled, {self.n_failed} failed of {self.n_attempted} attempted "
             f"in {self.wall_s:.1f} s ({self.features_per_s:.2f} features/s) with {self.model or '?'}",
             f"  selected {self.n_selected}: {self.n_done_before} already labelled, {self.n_not_live} not live"
-            + (f", {self.n_failed_skipped} earlier failures skipped (rerun with --retry-failed)"
-               if self.n_failed_skipped else ""),
+            + (
+                f", {self.n_failed_skipped} earlier failures skipped (rerun with --retry-failed)"
+                if self.n_failed_skipped
+                else ""
+            ),
             f"  tokens per feature: {prompt_tok:.0f} prompt + {completion_tok:.0f} completion",
         ]
         if self.failures:
             lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())))
+        if self.run is not None and self.run.n_items:
+            lines.append("  " + self.run.format())
         return "\n".join(lines)
 
 
@@ -162,13 +133,24 @@ async def explain(
         else:
             todo.append(feature)
     summary.n_attempted = len(todo)
-    worker = _Worker(store, run, client, config, template, keys, summary, progress)
-    await worker.run_all(todo)
+    worker = _Worker(store, run, client, config, template, keys, summary)
+    summary.run = await run_items(
+        worker.chunks(todo),
+        worker.process,
+        worker.fail,
+        store.put_explanations,
+        window=window_for(client),
+        total=len(todo),
+        name="explain",
+        progress=progress,
+        on_outcome=worker.count,
+    )
+    summary.wall_s = summary.run.wall_s
     return summary
 
 
 class _Worker:
-    """Holds what every item needs; one instance per `explain` call."""
+    """Holds what every item needs; one instance per `explain` call. An item is (feature, its example rows)."""
 
     def __init__(
         self,
@@ -179,61 +161,32 @@ class _Worker:
         template: PromptTemplate,
         keys: dict[int, str],
         summary: ExplainSummary,
-        progress: bool,
     ) -> None:
         self.store, self.run, self.client, self.config = store, run, client, config
         self.template, self.keys, self.summary = template, keys, summary
-        self.show_progress = progress
-        self.bar: tqdm | None = None
-        self._last_postfix = 0.0
 
-    async def run_all(self, todo: list[int]) -> None:
-        started = time.perf_counter()
-        self.started = started
-        # Prompts are prepared this far ahead of the client's limit, so a free slot never waits for the store.
-        ahead = 2 * int(getattr(self.client, "concurrency", None) or 64) + 16
-        window = asyncio.Semaphore(ahead)
-        tasks: set[asyncio.Task[None]] = set()
-        errors: list[BaseException] = []
-        self.bar = tqdm(total=len(todo), unit="feat", desc="explain", disable=not self.show_progress or not todo)
-        self.writer = _GroupWriter(self.store)
-        try:
-            for start in range(0, len(todo), CHUNK_FEATURES):
-                chunk = todo[start : start + CHUNK_FEATURES]
-                frame = await asyncio.to_thread(
-                    self.store.examples, self.run.run_id, chunk, "explain", ["top", "random"]
-                )
-                groups = examples_by_feature(frame)
-                for feature in chunk:
-                    await window.acquire()
-                    if errors:
-                        raise errors[0]
-                    task = asyncio.create_task(self._one(feature, groups[feature]))
-                    tasks.add(task)
+    def chunks(self, todo: list[int]) -> Iterator[list[tuple[int, list[dict[str, Any]]]]]:
+        """The features to label with their explain-split examples, one store query per chunk."""
+        for start in range(0, len(todo), CHUNK_FEATURES):
+            chunk = todo[start : start + CHUNK_FEATURES]
+            groups = examples_by_feature(
+                self.store.examples(self.run.run_id, chunk, "explain", ["top", "random"])
+            )
+            yield [(feature, groups.get(feature, [])) for feature in chunk]
 
-                    def done(t: asyncio.Task[None]) -> None:
-                        tasks.discard(t)
-                        window.release()
-                        if not t.cancelled() and t.exception() is not None:
-                            errors.append(t.exception())
-
-                    task.add_done_callback(done)
-            if tasks:
-                await asyncio.gather(*list(tasks))
-            await self.writer.close()
-        finally:
-            for task in list(tasks):
-                task.cancel()
-            if not self.writer.task.done():  # on an error, still commit what already arrived
-                await self.writer.close()
-            self.summary.wall_s = time.perf_counter() - started
-            self.bar.close()
-
-    async def _one(self, feature: int, rows: list[dict[str, object]]) -> None:
-        examples = select_examples(rows, self.config)
-        messages = build_messages(self.template, examples, self.config)
-        result, label, attempts, prompt_tokens, completion_tokens = await self._ask(messages)
-        row = {
+    def _row(
+        self,
+        feature: int,
+        status: str,
+        label: str | None,
+        text: str | None,
+        error: str | None,
+        attempts: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_s: float,
+    ) -> dict[str, object]:
+        return {
             "explanation_id": self.keys[feature],
             "run_id": self.run.run_id,
             "feature_id": int(feature),
@@ -242,17 +195,46 @@ class _Worker:
             "prompt_hash": self.template.hash,
             "config_hash": self.config.hash,
             "config": self.config.keyed(),
-            "status": result.status.value,
+            "status": status,
             "explanation": label,
-            "raw_text": result.text,
-            "error": result.error,
+            "raw_text": text,
+            "error": error,
             "attempts": attempts,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
-            "latency_s": result.latency_s,
+            "latency_s": latency_s,
         }
-        self.writer.put(row)
-        self._count(result.status, prompt_tokens, completion_tokens)
+
+    async def process(self, item: tuple[int, list[dict[str, Any]]]) -> Outcome:
+        feature, rows = item
+        examples = select_examples(rows, self.config)
+        messages = build_messages(self.template, examples, self.config)
+        result, label, attempts, prompt_tokens, completion_tokens = await self._ask(messages)
+        row = self._row(
+            feature,
+            result.status.value,
+            label,
+            result.text,
+            result.error,
+            attempts,
+            prompt_tokens,
+            completion_tokens,
+            result.latency_s,
+        )
+        return Outcome(result.status.value, row, prompt_tokens, completion_tokens, requests=attempts)
+
+    def fail(self, item: tuple[int, list[dict[str, Any]]], exc: BaseException) -> Outcome:
+        row = self._row(item[0], Status.EXCEPTION.value, None, None, error_text(exc), 0, 0, 0, 0.0)
+        return Outcome(Status.EXCEPTION.value, row, requests=0)
+
+    def count(self, item: object, outcome: Outcome) -> None:
+        summary = self.summary
+        summary.prompt_tokens += outcome.prompt_tokens
+        summary.completion_tokens += outcome.completion_tokens
+        if outcome.status == Status.OK.value:
+            summary.n_ok += 1
+        else:
+            summary.failures[outcome.status] += 1
 
     async def _ask(self, messages: list[dict[str, str]]) -> tuple[ChatResult, str | None, int, int, int]:
         """The final result, its label (None unless ok), attempts and tokens summed over all attempts."""
@@ -263,7 +245,9 @@ class _Worker:
                 messages,
                 json_schema=EXPLANATION_SCHEMA,
                 max_tokens=config.max_tokens,
-                temperature=config.temperature if attempt == 0 else max(config.temperature, RETRY_TEMPERATURE),
+                temperature=config.temperature
+                if attempt == 0
+                else max(config.temperature, RETRY_TEMPERATURE),
                 seed=config.seed + attempt,
             )
             attempts += result.attempts
@@ -271,7 +255,13 @@ class _Worker:
             completion_tokens += result.completion_tokens
             if result.status is Status.OK:
                 try:
-                    return result, validate_explanation(result.parsed), attempts, prompt_tokens, completion_tokens
+                    return (
+                        result,
+                        validate_explanation(result.parsed),
+                        attempts,
+                        prompt_tokens,
+                        completion_tokens,
+                    )
                 except (jsonschema.ValidationError, TypeError, KeyError, AttributeError) as exc:
                     result.status, result.error = Status.SCHEMA_ERROR, f"explanation reply rejected: {exc}"
                     result.parsed = None
@@ -279,25 +269,7 @@ class _Worker:
                 break
         return result, None, attempts, prompt_tokens, completion_tokens
 
-    def _count(self, status: Status, prompt_tokens: int, completion_tokens: int) -> None:
-        summary = self.summary
-        summary.prompt_tokens += prompt_tokens
-        summary.completion_tokens += completion_tokens
-        if status is Status.OK:
-            summary.n_ok += 1
-        else:
-            summary.failures[status.value] += 1
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self._last_postfix > 0.5:
-            self._last_postfix = now
-            elapsed = max(now - self.started, 1e-9)
-            tokens = summary.prompt_tokens + summary.completion_tokens
-            self.bar.set_postfix(failed=summary.n_failed, tok_s=f"{tokens / elapsed:.0f}", refresh=False)
-
 
 def explain_sync(*args: object, **kwargs: object) -> ExplainSummary:
-    """`explain` for synchronous callers (notebooks, scripts): runs it in a fresh event loop."""
-    return asyncio.run(explain(*args, **kwargs))  # type: ignore[arg-type]
+    """`explain` for synchronous callers (notebooks, scripts); inside a running loop, await `explain`."""
+    return run_sync(explain(*args, **kwargs))  # type: ignore[arg-type]

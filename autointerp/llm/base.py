@@ -25,6 +25,7 @@ class Status(str, enum.Enum):
     CONNECTION_ERROR = "connection_error"
     NO_LOGPROBS = "no_logprobs"          # the backend cannot return prompt logprobs
     UNDEFINED = "undefined"              # a score whose value is mathematically undefined
+    EXCEPTION = "exception"              # the stage's own code raised for this item (traceback in `error`)
 
 
 Message = dict[str, str]
@@ -90,6 +91,13 @@ class LLMClient(Protocol):
     model_name: str
     #: True when `prompt_logprobs` works (the simulator uses it; else it falls back to JSON).
     supports_prompt_logprobs: bool
+    #: Requests this client lets run at once; the work runner keeps about twice this many items in flight.
+    concurrency: int
+
+    async def check(self) -> None:
+        """Fail fast (UserError) when the backend cannot serve, before a stage writes anything; may settle
+        `model_name` (an HTTP client asks the server which model it serves)."""
+        ...
 
     async def chat(
         self,

@@ -256,6 +256,7 @@ class LocalClient:
         self.dtype = dtype
         self.json_prefill = json_prefill
         self.max_batch_tokens = max_batch_tokens
+        self.concurrency = max_batch_size  # one micro-batch in flight keeps the model busy
         self._lm: Any = None
         self._load_lock = threading.Lock()
         self._grammars = _Grammars()

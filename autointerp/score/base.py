@@ -4,13 +4,13 @@ A scorer is a class in its own module under `autointerp/score/` decorated with
 `@register_scorer`; its prompt is a template under `prompts/`. The runner (`runner.py`) finds it
 by name, gives it one `FeatureToScore` at a time (as asyncio tasks, so a shared LLM client can keep
 a server's batch full) and stores the `ScoreOutcome` it returns. Adding a scorer is one new file
-plus a prompt: modules in this package are imported on first lookup.
+plus a prompt and one line in `BUILTIN_SCORERS` (name -> module, imported on first lookup), or, for a
+scorer outside this package, importing its module before the lookup.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,8 +34,8 @@ class TestContext:
 
     context_id: int
     doc_id: int
-    kind: str                    # 'top' | 'random' | 'nonactivating' (the store's example kind)
-    group: str                   # 'top' | 'q1'..'qN' (quantile of the random sample, q1 lowest) | 'nonactivating'
+    kind: str  # 'top' | 'random' | 'nonactivating' (the store's example kind)
+    group: str  # 'top' | 'q1'..'qN' (quantile of the random sample, q1 lowest) | 'nonactivating'
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]
     activations: tuple[float, ...]
@@ -56,9 +56,9 @@ class FeatureToScore:
     explanation_id: str
     feature_id: int
     explanation: str
-    max_activation: float        # over the whole collect run (both splits); scales true activations
+    max_activation: float  # over the whole collect run (both splits); scales true activations
     contexts: tuple[TestContext, ...]
-    seed: int                    # per-feature seed derived from the config seed (shuffles, fuzz marks)
+    seed: int  # per-feature seed derived from the config seed (shuffles, fuzz marks)
 
 
 @dataclass
@@ -98,7 +98,9 @@ class Scorer(ABC):
 
     def __init__(self, client: LLMClient | None, config: ScoreConfig) -> None:
         if self.needs_client and client is None:
-            raise UserError(f"scorer {self.name!r} needs an LLM", "pass --llm (e.g. local:smollm2 or a server URL)")
+            raise UserError(
+                f"scorer {self.name!r} needs an LLM", "pass --llm (e.g. local:smollm2 or a server URL)"
+            )
         self.client = client
         self.config = config
 
@@ -124,39 +126,36 @@ class Scorer(ABC):
 
 
 _REGISTRY: dict[str, type[Scorer]] = {}
-_DISCOVERED = False
+#: The built-in scorers by name -> the module defining them, imported only when that scorer is asked for
+#: (the embedding scorer pulls in sentence-transformers; detection should not pay for it).
+BUILTIN_SCORERS: dict[str, str] = {
+    "simulation": "autointerp.score.simulation",
+    "detection": "autointerp.score.detection",
+    "fuzzing": "autointerp.score.fuzzing",
+    "embedding": "autointerp.score.embedding",
+}
 
 
 def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    """Class decorator: make a scorer available by its `name`."""
+    """Class decorator: make a scorer available by its `name` (once its module is imported)."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"two scorers are named {cls.name!r}: {_REGISTRY[cls.name]} and {cls}")
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def _discover() -> None:
-    """Import every module of this package once, so their @register_scorer decorators run."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import autointerp.score as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
-    _DISCOVERED = True
-
-
 def available_scorers() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+    """Names that `get_scorer_class` resolves: the built-in ones and any registered since."""
+    return sorted(set(BUILTIN_SCORERS) | set(_REGISTRY))
 
 
 def get_scorer_class(name: str) -> type[Scorer]:
-    _discover()
+    """The scorer class for `name`; a built-in scorer's module is imported here, on first use."""
+    if name not in _REGISTRY and name in BUILTIN_SCORERS:
+        importlib.import_module(BUILTIN_SCORERS[name])
     if name not in _REGISTRY:
         raise UserError(
             f"unknown scorer {name!r}",
-            f"choose from: {', '.join(sorted(_REGISTRY))} (comma-separated in --scorers)",
+            f"choose from: {', '.join(available_scorers())} (comma-separated in --scorers)",
         )
     return _REGISTRY[name]

@@ -1,16 +1,17 @@
 """`score_features`: score every ok explanation of a run with the chosen scorers, resumably.
 
 Each (explanation, scorer, scorer model, prompt hash, config hash) has one `score_id`; a rerun
-skips ids already stored (failed ones too, unless `retry_failed`). All items are submitted at once
-as asyncio tasks, so a shared HTTP client keeps a vLLM batch full; each score is written to the store
-the moment it completes, so an interrupted run loses only the items in flight.
+skips ids already stored (failed ones too, unless `retry_failed`). The ids are cheap (no contexts),
+so what is left to do is known up front; the test contexts are then read from the store a chunk of
+features at a time and the items go through the shared work runner (`autointerp.llm.runner`): a
+bounded window in flight, scores group-committed by one writer. Memory depends on the chunk and the
+window, not on the dictionary's width; an interrupted run loses only the items in flight.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,18 @@ import pandas as pd
 from autointerp.errors import UserError
 from autointerp.hashing import short_hash
 from autointerp.llm.base import LLMClient, Status
+from autointerp.llm.runner import Outcome, RunStats, error_text, run_items, run_sync, window_for
 from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, get_scorer_class
 from autointerp.score.config import ScoreConfig
 from autointerp.score.contexts import check_no_leakage, feature_seed, select_test_contexts
 from autointerp.store import RunInfo, Store
 from autointerp.store.sets import is_null_model
+
+#: Features whose test contexts are read from the store in one query (and held in memory at once, plus
+#: the one chunk prefetched ahead).
+CHUNK_FEATURES = 256
+#: Items in flight for scorers without an LLM client (embedding).
+WINDOW_WITHOUT_CLIENT = 64
 
 DONE_STATUSES = {Status.OK.value, Status.UNDEFINED.value}
 
@@ -35,7 +43,7 @@ class ScorerSummary:
     scorer: str
     model: str
     n_items: int = 0
-    n_skipped: int = 0             # already in the store before this call
+    n_skipped: int = 0  # already in the store before this call
     status_counts: dict[str, int] = field(default_factory=dict)
     mean_score: float | None = None
     chance: float | None = None
@@ -49,6 +57,7 @@ class ScoreSummary:
     sae_name: str
     n_explanations: int
     scorers: dict[str, ScorerSummary]
+    run: RunStats | None = None  # this call's work: items/s, requests, time to first item
 
     def format(self) -> str:
         lines = [f"scored {self.n_explanations} explanation(s) of SAE {self.sae_name!r}"]
@@ -60,6 +69,8 @@ class ScoreSummary:
                 f"  {s.scorer:<11} model {s.model}: mean {mean}{chance}; {counts}; "
                 f"{s.n_skipped} already done; tokens {s.prompt_tokens} prompt + {s.completion_tokens} completion"
             )
+        if self.run is not None and self.run.n_items:
+            lines.append("  " + self.run.format())
         return "\n".join(lines)
 
 
@@ -76,8 +87,9 @@ def resolve(store: Store, run: str | None) -> RunInfo:
     return store.resolve_run(run)
 
 
-def select_explanations(store: Store, run_id: str, config: ScoreConfig,
-                        feature_ids: Sequence[int] | None) -> pd.DataFrame:
+def select_explanations(
+    store: Store, run_id: str, config: ScoreConfig, feature_ids: Sequence[int] | None
+) -> pd.DataFrame:
     frame = store.explanations(run_id, status=Status.OK.value)
     if config.explainer_model is None or not is_null_model(config.explainer_model):
         # shuffled-label null sets are scored only when asked for by name (see score/null.py)
@@ -91,35 +103,55 @@ def select_explanations(store: Store, run_id: str, config: ScoreConfig,
     return frame.reset_index(drop=True)
 
 
-def build_items(store: Store, run_id: str, explanations: pd.DataFrame, config: ScoreConfig) -> list[FeatureToScore]:
-    """The explanations with their test contexts (test split only) and max activations."""
-    if explanations.empty:
-        return []
-    wanted = sorted({int(f) for f in explanations["feature_id"]})
-    examples = store.examples(run_id, feature_ids=wanted, split="test")
+def feature_contexts(
+    store: Store, run_id: str, feature_ids: Sequence[int], config: ScoreConfig
+) -> dict[int, tuple]:
+    """feature_id -> its test contexts (test split only), for one chunk of features."""
+    examples = store.examples(run_id, feature_ids=list(feature_ids), split="test")
     by_feature = {int(f): g for f, g in examples.groupby("feature_id")} if not examples.empty else {}
+    empty = examples.iloc[0:0]
+    return {
+        int(f): tuple(
+            select_test_contexts(by_feature.get(int(f), empty), config, feature_seed(config.seed, int(f)))
+        )
+        for f in feature_ids
+    }
+
+
+def _max_activations(store: Store, run_id: str) -> dict[int, float]:
     stats = store.features(run_id)
-    max_act = dict(zip(stats["feature_id"].astype(int), stats["max_activation"].astype(float), strict=True))
-    contexts_cache: dict[int, tuple] = {}
-    items = []
-    for row in explanations.to_dict("records"):
-        fid = int(row["feature_id"])
-        seed = feature_seed(config.seed, fid)
-        if fid not in contexts_cache:
-            frame = by_feature.get(fid, examples.iloc[0:0])
-            contexts_cache[fid] = tuple(select_test_contexts(frame, config, seed))
-        items.append(FeatureToScore(
-            explanation_id=str(row["explanation_id"]),
-            feature_id=fid,
-            explanation=str(row["explanation"]),
-            max_activation=max_act.get(fid, 0.0),
-            contexts=contexts_cache[fid],
-            seed=seed,
-        ))
-    return items
+    return dict(zip(stats["feature_id"].astype(int), stats["max_activation"].astype(float), strict=True))
 
 
-def _row(item: FeatureToScore, scorer: Scorer, keys: dict[str, Any], run_id: str, outcome: ScoreOutcome) -> dict:
+def _explanation_rows(explanations: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """(explanation_id, feature_id, explanation) per row: what an item needs, nothing else kept."""
+    return list(
+        zip(
+            explanations["explanation_id"].astype(str),
+            explanations["feature_id"].astype(int),
+            explanations["explanation"].astype(str),
+            strict=True,
+        )
+    )
+
+
+def _item(
+    row: tuple[str, int, str], contexts: dict[int, tuple], max_act: dict[int, float], config: ScoreConfig
+) -> FeatureToScore:
+    explanation_id, fid, text = row
+    return FeatureToScore(
+        explanation_id=explanation_id,
+        feature_id=fid,
+        explanation=text,
+        max_activation=max_act.get(fid, 0.0),
+        contexts=contexts[fid],
+        seed=feature_seed(config.seed, fid),
+    )
+
+
+def _row(
+    item: FeatureToScore, scorer: Scorer, keys: dict[str, Any], run_id: str, outcome: ScoreOutcome
+) -> dict:
     return {
         "score_id": keys["score_id"],
         "explanation_id": item.explanation_id,
@@ -139,6 +171,45 @@ def _row(item: FeatureToScore, scorer: Scorer, keys: dict[str, Any], run_id: str
         "completion_tokens": int(outcome.completion_tokens),
         "latency_s": float(outcome.latency_s),
     }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One (explanation, scorer) pair to score, with the keys its row is stored under."""
+
+    item: FeatureToScore
+    scorer: Scorer
+    keys: dict[str, Any]
+
+
+def _jobs(
+    store: Store,
+    run_id: str,
+    rows: list[tuple[str, int, str]],
+    todo: list[tuple[int, int]],
+    scorers: list[Scorer],
+    keys: list[dict[str, Any]],
+    ids: list[list[str]],
+    config: ScoreConfig,
+) -> Iterator[list[_Job]]:
+    """The pending jobs in chunks of CHUNK_FEATURES features; each chunk reads its contexts when asked for."""
+    max_act = _max_activations(store, run_id)
+    start = 0
+    while start < len(todo):
+        features: set[int] = set()
+        end = start
+        while end < len(todo) and (rows[todo[end][0]][1] in features or len(features) < CHUNK_FEATURES):
+            features.add(rows[todo[end][0]][1])
+            end += 1
+        contexts = feature_contexts(store, run_id, sorted(features), config)
+        items: dict[int, FeatureToScore] = {}
+        chunk = []
+        for r, s in todo[start:end]:
+            if r not in items:
+                items[r] = _item(rows[r], contexts, max_act, config)
+            chunk.append(_Job(items[r], scorers[s], {**keys[s], "score_id": ids[s][r]}))
+        yield chunk
+        start = end
 
 
 async def ascore_features(
@@ -162,77 +233,106 @@ async def ascore_features(
     check_no_leakage(store, info.run_id)
     instances = [cls(client, config) for cls in classes]
     explanations = select_explanations(store, info.run_id, config, feature_ids)
+    rows = _explanation_rows(explanations)
+    n_explanations = len(rows)
+    del explanations
+    if rows and client is not None and any(s.needs_client for s in instances):
+        await client.check()  # a dead server is a UserError before any work; it may settle model_name
 
-    pending: list[tuple[FeatureToScore, Scorer, dict[str, Any]]] = []
-    all_ids: dict[str, list[str]] = {s.name: [] for s in instances}
+    keys: list[dict[str, Any]] = []
+    ids: list[list[str]] = []
+    for scorer in instances:
+        config_dict = scorer.config_for_hash()
+        k = {
+            "model": scorer.model_name,
+            "prompt_hash": scorer.prompt_hash,
+            "config_hash": short_hash(config_dict),
+            "config": config_dict,
+        }
+        keys.append(k)
+        ids.append(
+            [score_id(eid, scorer.name, k["model"], k["prompt_hash"], k["config_hash"]) for eid, _, _ in rows]
+        )
+    statuses = store.score_statuses([i for scorer_ids in ids for i in scorer_ids]) if rows else {}
     skipped: Counter[str] = Counter()
-    if not explanations.empty:
-        needs_client = any(s.needs_client for s in instances)
-        check = getattr(client, "check", None)
-        if needs_client and check is not None:
-            await check()  # a dead server is a UserError before any work
-        items = build_items(store, info.run_id, explanations, config)
-        for scorer in instances:
-            config_dict = scorer.config_for_hash()
-            keys = {"model": scorer.model_name, "prompt_hash": scorer.prompt_hash,
-                    "config_hash": short_hash(config_dict), "config": config_dict}
-            ids = [score_id(i.explanation_id, scorer.name, keys["model"], keys["prompt_hash"], keys["config_hash"])
-                   for i in items]
-            all_ids[scorer.name] = ids
-            statuses = store.score_statuses(ids)
-            for item, sid in zip(items, ids, strict=True):
-                status = statuses.get(sid)
-                if status is None or (retry_failed and status not in DONE_STATUSES):
-                    pending.append((item, scorer, {**keys, "score_id": sid}))
-                else:
-                    skipped[scorer.name] += 1
+    # (explanation row, scorer index), feature-major so each feature's contexts are read once
+    todo: list[tuple[int, int]] = []
+    for r in range(len(rows)):
+        for s, scorer in enumerate(instances):
+            status = statuses.get(ids[s][r])
+            if status is None or (retry_failed and status not in DONE_STATUSES):
+                todo.append((r, s))
+            else:
+                skipped[scorer.name] += 1
+    del statuses
 
-    async def run_one(item: FeatureToScore, scorer: Scorer, keys: dict[str, Any]) -> None:
-        outcome = await scorer.score(item)
-        store.put_score(_row(item, scorer, keys, info.run_id, outcome))
+    if todo:
 
-    tasks = [asyncio.ensure_future(run_one(*p)) for p in pending]
-    bar = None
-    if progress and tasks:
-        from tqdm import tqdm
+        async def process(job: _Job) -> Outcome:
+            outcome = await job.scorer.score(job.item)
+            return Outcome(
+                outcome.status,
+                _row(job.item, job.scorer, job.keys, info.run_id, outcome),
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                requests=0,
+            )  # not counted per scorer
 
-        bar = tqdm(total=len(tasks), desc="score", unit="item")
-    try:
-        for finished in asyncio.as_completed(tasks):
-            await finished
-            if bar is not None:
-                bar.update(1)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return summarise(store, info, instances, all_ids, skipped, len(explanations))
+        def fail(job: _Job, exc: BaseException) -> Outcome:
+            outcome = ScoreOutcome(Status.EXCEPTION.value, error=error_text(exc))
+            return Outcome(
+                outcome.status, _row(job.item, job.scorer, job.keys, info.run_id, outcome), requests=0
+            )
+
+        window = window_for(client) if client is not None else WINDOW_WITHOUT_CLIENT
+        stats = await run_items(
+            _jobs(store, info.run_id, rows, todo, instances, keys, ids, config),
+            process,
+            fail,
+            store.put_scores,
+            window=window,
+            total=len(todo),
+            name="score",
+            progress=progress,
+        )
+    else:
+        stats = RunStats(name="score")
+    summary = summarise(
+        store, info, instances, {s.name: ids[i] for i, s in enumerate(instances)}, skipped, n_explanations
+    )
+    summary.run = stats
+    return summary
 
 
-def summarise(store: Store, info: RunInfo, scorers: list[Scorer], ids: dict[str, list[str]],
-              skipped: Counter[str], n_explanations: int) -> ScoreSummary:
-    frame = store.scores(info.run_id)
+def summarise(
+    store: Store,
+    info: RunInfo,
+    scorers: list[Scorer],
+    ids: dict[str, list[str]],
+    skipped: Counter[str],
+    n_explanations: int,
+) -> ScoreSummary:
+    """Per scorer, over the ids this call covered: counts per status, mean of ok scores, tokens (one
+    aggregate query each, so a whole dictionary's rows are never loaded)."""
     out = {}
     for scorer in scorers:
-        rows = frame[frame["score_id"].isin(ids[scorer.name])]
-        ok = rows[rows["status"] == Status.OK.value]
+        totals = store.score_totals(ids[scorer.name])
+        ok = totals[totals["status"] == Status.OK.value]
         chance = ok["chance"].dropna()
         out[scorer.name] = ScorerSummary(
             scorer=scorer.name,
             model=scorer.model_name,
             n_items=len(ids[scorer.name]),
             n_skipped=skipped[scorer.name],
-            status_counts={str(k): int(v) for k, v in rows["status"].value_counts().items()},
-            mean_score=float(ok["score"].mean()) if len(ok) else None,
+            status_counts={str(k): int(v) for k, v in zip(totals["status"], totals["n"], strict=True)},
+            mean_score=float(ok["mean_score"].iloc[0]) if len(ok) else None,
             chance=float(chance.iloc[0]) if len(chance) else None,
-            prompt_tokens=int(rows["prompt_tokens"].fillna(0).sum()),
-            completion_tokens=int(rows["completion_tokens"].fillna(0).sum()),
+            prompt_tokens=int(totals["prompt_tokens"].sum()),
+            completion_tokens=int(totals["completion_tokens"].sum()),
         )
-    return ScoreSummary(run_id=info.run_id, sae_name=info.sae_name, n_explanations=n_explanations, scorers=out)
+    return ScoreSummary(
+        run_id=info.run_id, sae_name=info.sae_name, n_explanations=n_explanations, scorers=out
+    )
 
 
 def score_features(
@@ -249,11 +349,5 @@ def score_features(
     each scorer in `scorers` (registry names), on test-split contexts only. Refuses to start
     (UserError) if the store's explain/test split leaks. Returns per-scorer counts and means.
 
-    Called while an event loop is running (e.g. from async code sharing `client`), it returns the
-    coroutine of `ascore_features` instead, to be awaited on that loop."""
-    coroutine = ascore_features(store, run, client, scorers, config, feature_ids, retry_failed, progress)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    return coroutine  # type: ignore[return-value]
+    Synchronous callers only: inside a running event loop it refuses; await `ascore_features` there."""
+    return run_sync(ascore_features(store, run, client, scorers, config, feature_ids, retry_failed, progress))

@@ -402,6 +402,12 @@ class Store:
         """Insert or replace one score (keyed by score_id); one autocommitted statement."""
         self._upsert("scores", "score_id", row)
 
+    def put_scores(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert several scores in ONE commit (the work runner's group commit); all or none are kept."""
+        if not rows:
+            return
+        self._upsert_many("scores", "score_id", rows)
+
     def scores(self, run_id: str, scorer: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM scores WHERE run_id = ?"
         params: list[Any] = [run_id]
@@ -416,6 +422,23 @@ class Store:
             [list(score_ids)],
         )
         return dict(zip(frame["score_id"], frame["status"], strict=True))
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows in the explanations and scores tables (benchmarks count finished items with it)."""
+        with self._lock:
+            return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])
+                    for t in ("explanations", "scores")}
+
+    def score_totals(self, score_ids: Sequence[str]) -> pd.DataFrame:
+        """Per status of the given scores: n, mean score, the first chance level and token sums.
+
+        Summaries of a whole dictionary read this instead of every score row (details included)."""
+        return self.query_df(
+            "SELECT status, count(*) AS n, avg(score) AS mean_score, any_value(chance) AS chance, "
+            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens "
+            "FROM scores WHERE score_id IN (SELECT UNNEST(?::VARCHAR[])) GROUP BY status ORDER BY status",
+            [list(score_ids)],
+        )
 
     def split_leaks(self, run_id: str) -> pd.DataFrame:
         """Evidence that test examples could have been seen by the explainer (should be empty).
