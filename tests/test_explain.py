@@ -378,3 +378,23 @@ def test_the_sync_wrapper_refuses_inside_a_running_loop(db: Path) -> None:
 
     with pytest.raises(RuntimeError, match="await the async function"):
         asyncio.run(inside())
+
+
+def test_summary_counts_agree_with_collects_alive_and_say_why_features_were_left_out(db: Path) -> None:
+    """A feature that fires only on test-split documents is alive for collect but has nothing to show the
+    explainer; explain's default selection is collect's alive set and names that feature's reason."""
+    with Store(db) as store:
+        run = store.resolve_run(None)
+        store.con.execute(
+            "DELETE FROM examples WHERE run_id = ? AND feature_id = 3 AND split = 'explain'", [run.run_id]
+        )
+        alive = store.alive_feature_ids(run.run_id)
+    assert len(alive) == N_LIVE
+    with FakeOpenAIServer() as server:
+        summary = run_explain(db, server.base_url)
+    assert (summary.n_selected, summary.n_not_live, summary.n_test_only, summary.n_dead) == (N_LIVE, 1, 1, 0)
+    assert summary.n_ok == N_LIVE - 1 and 3 not in set(rows(db)["feature_id"])
+    assert "1 not explainable (0 dead, 1 alive but firing only in the test split" in summary.format()
+    with FakeOpenAIServer() as server:
+        named = run_explain(db, server.base_url, features=[3, N_FEATURES - 1])
+    assert (named.n_not_live, named.n_test_only, named.n_dead) == (2, 1, 1)

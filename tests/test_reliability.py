@@ -189,3 +189,31 @@ def test_not_a_database_and_locked_by_another_process_get_different_fixes(tmp_pa
     assert f"process {holder.pid}" in locked.value.problem
     assert locked.value.hint != not_db.value.hint and "wait for" in locked.value.hint
     duckdb.connect(str(held)).close()  # the holder is gone: the file opens again
+
+
+def test_bad_input_fails_before_the_model_loads_and_creates_no_workspace(tmp_path: Path, inputs) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    no_model = str(tmp_path / "no-model")  # were the model loaded first, its error would come instead
+    cases = {
+        "corpus": (
+            {"--corpus": str(tmp_path / "missing.jsonl"), "--model": no_model},
+            "neither a built-in corpus",
+        ),
+        "empty-corpus": ({"--corpus": str(empty), "--model": no_model}, "no documents"),
+        "sae": ({"--sae": str(tmp_path / "no-sae"), "--model": no_model}, str(tmp_path / "no-sae")),
+        "hook-name": ({"--hook": "layer15", "--model": no_model}, "unknown hook name"),
+        "layer-range": ({"--hook": "layers.9"}, "layers 0..1"),  # needs the model: checked after it loads
+    }
+    for name, (overrides, expected) in cases.items():
+        db = tmp_path / f"{name}.duckdb"
+        args = collect_args(inputs, db, 600, "--no-progress")
+        for flag, value in overrides.items():
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        result = subprocess.run(args, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        assert expected in result.stderr and "fix:" in result.stderr, (name, result.stderr[-2000:])
+        assert not list(tmp_path.glob(f"{name}.duckdb*")), name  # no workspace file, no WAL

@@ -85,6 +85,23 @@ def _check_existing(config: CollectConfig, store: Store, config_hash: str) -> tu
     return None, existing.run_id
 
 
+def preflight(config: CollectConfig) -> None:
+    """Every check that needs neither the model nor the workspace: hook name, SAE files, corpus path and its
+    first document. Run before the model loads (seconds to minutes) and before --db is created, so bad input
+    fails fast and leaves nothing behind. What needs the model (layer range, d_in) is checked after it loads."""
+    from autointerp.corpus import BUILTIN_CORPORA, iter_documents, source_identity
+    from autointerp.sae import detect_format
+
+    parse_hook(config.hook)
+    detect_format(config.sae)
+    source_identity(config.corpus)
+    if config.corpus not in BUILTIN_CORPORA and next(iter_documents(config.corpus, config.text_field, config.encoding_errors), None) is None:  # type: ignore[arg-type]
+        raise UserError(
+            f"corpus {config.corpus!r} has no documents, so there are no contexts to collect",
+            "point --corpus at a file or directory with text in it",
+        )
+
+
 def load_inputs(config: CollectConfig, lm: LoadedModel | None, sae: SAE | None) -> tuple[LoadedModel, HookPoint, SAE]:
     from autointerp.sae import check_sae_matches, load_sae
 
@@ -112,6 +129,7 @@ def run_collect(
     """`collect` with its summary and timings. `measure_baseline` also times a bare forward per batch
     (for `bench collect`); `on_phase` is called with 'pass1' and 'pass2' as each pass starts."""
     start = time.perf_counter()
+    preflight(config)
     remove_orphaned_spills(store.path.parent)
     fingerprint = sae_fingerprint(config.sae)
     config_hash = config.config_hash(fingerprint)

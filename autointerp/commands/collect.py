@@ -7,6 +7,7 @@ Under torchrun, pass `--distributed` (or use `python -m autointerp.collect.distr
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,11 +97,22 @@ def _handle(args: argparse.Namespace) -> int:
 
         return run_distributed(args)
     from autointerp.collect import run_collect
+    from autointerp.collect.run import preflight
+    from autointerp.errors import UserError
     from autointerp.store import Store
 
     config = config_from_args(args)
-    with Store(args.db) as store:
-        outcome = run_collect(config, store)
+    preflight(config)  # before the workspace file exists and before the model loads
+    db = Path(args.db)
+    created = not db.exists()
+    try:
+        with Store(db) as store:
+            outcome = run_collect(config, store)
+    except UserError:
+        if created:  # bad input found after the model loaded: do not leave an empty workspace behind
+            for path in (db, db.with_name(db.name + ".wal")):
+                path.unlink(missing_ok=True)
+        raise
     for line in outcome.summary.lines():
         print(line)
     return 0

@@ -49,7 +49,11 @@ class ExplainSummary:
     prompt: str
     config_hash: str
     n_selected: int = 0
-    n_not_live: int = 0  # selected but dead or without explain-split examples
+    n_not_live: int = 0  # selected but not explainable: n_dead + n_test_only
+    # "explainable" = fired AND has explain-split examples; collect's "alive" = fired on any split, so the
+    # two differ by the features that fire only on test-split documents (named apart so counts agree).
+    n_dead: int = 0  # selected (or alive) features that never fired
+    n_test_only: int = 0  # fired, but only in the test split: nothing to show the explainer
     n_done_before: int = 0  # already had an ok label for this key
     n_failed_skipped: int = 0  # earlier content failures left alone (use retry_failed)
     n_attempted: int = 0
@@ -78,7 +82,13 @@ class ExplainSummary:
         lines = [
             f"explain: {self.n_ok} labelled, {self.n_failed} failed of {self.n_attempted} attempted "
             f"in {self.wall_s:.1f} s ({self.features_per_s:.2f} features/s) with {self.model or '?'}",
-            f"  selected {self.n_selected}: {self.n_done_before} already labelled, {self.n_not_live} not live"
+            f"  selected {self.n_selected}: {self.n_done_before} already labelled, {self.n_not_live} not explainable"
+            + (
+                f" ({self.n_dead} dead, {self.n_test_only} alive but firing only in the test split, so without "
+                "examples to explain from)"
+                if self.n_not_live
+                else ""
+            )
             + (
                 f", {self.n_failed_skipped} earlier failures skipped (rerun with --retry-failed)"
                 if self.n_failed_skipped
@@ -117,10 +127,14 @@ async def explain(
     model = client.model_name
     summary = ExplainSummary(run_id=run.run_id, model=model, prompt=template.name, config_hash=config.hash)
     live = set(store.explainable_feature_ids(run.run_id))
-    selected = sorted(live) if feature_ids is None else sorted({int(f) for f in feature_ids})
+    alive = set(store.alive_feature_ids(run.run_id))
+    # The default selection is collect's "alive" set, so the counts printed here add up to collect's.
+    selected = sorted(alive | live) if feature_ids is None else sorted({int(f) for f in feature_ids})
     summary.n_selected = len(selected)
     candidates = [f for f in selected if f in live]
     summary.n_not_live = len(selected) - len(candidates)
+    summary.n_test_only = sum(1 for f in selected if f in alive and f not in live)
+    summary.n_dead = summary.n_not_live - summary.n_test_only
     keys = {f: explanation_id(run.run_id, f, model, template.hash, config.hash) for f in candidates}
     statuses = store.explanation_statuses(list(keys.values())) if keys else {}
     todo: list[int] = []

@@ -397,6 +397,13 @@ class Store:
         )
         return [int(f) for f in frame["feature_id"]]
 
+    def alive_feature_ids(self, run_id: str) -> list[int]:
+        """Features that fired at least once on any split (collect's "alive" count)."""
+        frame = self.query_df(
+            "SELECT feature_id FROM features WHERE run_id = ? AND firing_count > 0 ORDER BY feature_id", [run_id]
+        )
+        return [int(f) for f in frame["feature_id"]]
+
     # ------------------------------------------------------------------ scores
     def put_score(self, row: dict[str, Any]) -> None:
         """Insert or replace one score (keyed by score_id); one autocommitted statement."""
