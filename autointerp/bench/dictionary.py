@@ -97,14 +97,26 @@ def handle(args: argparse.Namespace) -> int:
         for size in sizes:
             db = workdir / f"dictionary-{size}.duckdb"
             started = time.perf_counter()
-            from autointerp.testing.synthetic import build_dictionary_store
-
-            run = build_dictionary_store(db, size, sae_name=f"dictionary-{size}")
+            sae_name = f"dictionary-{size}"
+            # Built in a child: Linux carries a process's peak RSS over fork + exec, so a parent that built
+            # the store itself would hand its own peak to every stage child's ru_maxrss.
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from autointerp.testing.synthetic import build_dictionary_store; "
+                    "build_dictionary_store(sys.argv[1], int(sys.argv[2]), sae_name=sys.argv[3])",
+                    str(db),
+                    str(size),
+                    sae_name,
+                ],
+                check=True,
+            )
             result: dict[str, Any] = {"size": size, "build_s": time.perf_counter() - started, "stages": {}}
             with _test_server(args) as url:
                 for stage in stages:
                     before = _server_requests(url)
-                    figures = _run_stage(stage, db, run.sae_name, url, concurrency, args, workdir, size)
+                    figures = _run_stage(stage, db, sae_name, url, concurrency, args, workdir, size)
                     figures["requests"] = _server_requests(url) - before
                     result["stages"][stage] = _rates(figures, args.capacity / args.latency)
                     print(_line(size, stage, result["stages"][stage]), flush=True)
