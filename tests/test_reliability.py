@@ -73,6 +73,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
     proc.wait(30)
 
 
+@pytest.mark.slow  # real collect processes, ~30-60 s each on 2 busy cores
 def test_kill_9_mid_pass1_leaves_a_spill_that_the_next_collect_removes(tmp_path: Path, inputs) -> None:
     db = tmp_path / "w.duckdb"
     proc = subprocess.Popen(
@@ -113,6 +114,7 @@ def test_a_live_collects_spill_is_never_removed(tmp_path: Path) -> None:
     assert spills(tmp_path) == []
 
 
+@pytest.mark.slow  # real collect processes, ~30-60 s each on 2 busy cores
 def test_kill_9_mid_pass2_then_readers_name_the_incomplete_run_and_a_rerun_finishes(
     tmp_path: Path, inputs
 ) -> None:
@@ -191,6 +193,7 @@ def test_not_a_database_and_locked_by_another_process_get_different_fixes(tmp_pa
     duckdb.connect(str(held)).close()  # the holder is gone: the file opens again
 
 
+@pytest.mark.slow  # real collect processes, ~30-60 s each on 2 busy cores
 def test_bad_input_fails_before_the_model_loads_and_creates_no_workspace(tmp_path: Path, inputs) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
