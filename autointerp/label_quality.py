@@ -21,10 +21,18 @@ ECHO_PHRASES = (
     "explanation", "<label>", "<phrase>", "json", "as follows", "double angle",
 )
 MARKERS = ("<<", ">>", "{", "}")
+#: The worked examples' labels in prompts/explain_v2.j2: a small model may copy one for every feature
+#: (SmolLM2 does on the demo), which no other check catches. tests/test_label_quality.py keeps this in sync.
+EXAMPLE_LABELS = (
+    "animals, especially pets and farm animals",
+    "years written as four-digit numbers",
+    "verbs of speaking that introduce reported speech",
+    "country names following a city name",
+)
 
 
 def label_problem(label: object) -> str | None:
-    """Why `label` is not a usable label ('empty', 'marker', 'echo', 'repeat'), or None when it is one.
+    """Why `label` is not a usable label ('empty', 'marker', 'example_copy', 'echo', 'repeat'), or None when it is one.
 
     Anything but a string (a failed item's None, pandas' NaN) has no label: 'empty'.
     """
@@ -34,6 +42,8 @@ def label_problem(label: object) -> str | None:
     if any(marker in text for marker in MARKERS):
         return "marker"
     lowered = text.lower()
+    if lowered.rstrip(".") in EXAMPLE_LABELS:
+        return "example_copy"
     if any(phrase in lowered for phrase in ECHO_PHRASES):
         return "echo"
     words = re.findall(r"[\w']+", lowered)

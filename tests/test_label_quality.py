@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autointerp.explain.config import ExplainConfig
 from autointerp.explain.formatting import Example, build_messages
-from autointerp.label_quality import label_problem, label_quality
+from autointerp.label_quality import EXAMPLE_LABELS, label_problem, label_quality
 from autointerp.prompting import load_prompt
 
 
@@ -16,17 +16,18 @@ def test_echoes_markers_loops_and_blanks_are_flagged_real_labels_are_not() -> No
         "the word <<rock>>": "marker",
         "rock music rock bands rock songs": "repeat",
         "the king of the king of the": "repeat",
+        "Animals, especially pets and farm animals.": "example_copy",
         "   ": "empty",
         None: "empty",
         float("nan"): "empty",
     }
     for label, reason in bad.items():
         assert label_problem(label) == reason, label
-    for good in ("years written as four-digit numbers", "references to rock music and bands", "the word 'not'"):
+    for good in ("dates written as day and month", "references to rock music and bands", "the word 'not'"):
         assert label_problem(good) is None, good
-    quality = label_quality([*bad, "years written as four-digit numbers", "painting and artwork"])
-    assert quality.n == 11 and quality.n_bad == 9
-    assert quality.problems["echo"] == 3 and "9 of 11" in quality.format()
+    quality = label_quality([*bad, "dates written as day and month", "painting and artwork"])
+    assert quality.n == 12 and quality.n_bad == 10
+    assert quality.problems["echo"] == 3 and "10 of 12" in quality.format()
 
 
 def test_v2_worked_examples_give_labels_the_figure_accepts() -> None:
@@ -36,6 +37,7 @@ def test_v2_worked_examples_give_labels_the_figure_accepts() -> None:
     system, user = build_messages(template, [example], ExplainConfig())
     shown = [line.split('"explanation": "')[1].rstrip('"}') for line in system["content"].splitlines()
              if line.startswith('{"explanation": "') and "<label>" not in line]
-    assert len(shown) == 4 and all(label_problem(label) is None for label in shown)
+    assert tuple(shown) == EXAMPLE_LABELS  # a label copied from the examples is flagged, not counted as good
+    assert all(label_problem(label) == "example_copy" for label in shown)
     assert all(len(label.split()) <= 12 for label in shown)
     assert "<<cat>>" in user["content"] and "marked tokens" not in system["content"]
