@@ -85,15 +85,17 @@ def _check_existing(config: CollectConfig, store: Store, config_hash: str) -> tu
     return None, existing.run_id
 
 
-def preflight(config: CollectConfig) -> None:
+def preflight(config: CollectConfig, check_sae_files: bool = True) -> None:
     """Every check that needs neither the model nor the workspace: hook name, SAE files, corpus path and its
     first document. Run before the model loads (seconds to minutes) and before --db is created, so bad input
-    fails fast and leaves nothing behind. What needs the model (layer range, d_in) is checked after it loads."""
+    fails fast and leaves nothing behind. What needs the model (layer range, d_in) is checked after it loads.
+    `check_sae_files` is False when the caller hands in a loaded SAE (tests, benchmarks): there are no files."""
     from autointerp.corpus import BUILTIN_CORPORA, iter_documents, source_identity
     from autointerp.sae import detect_format
 
     parse_hook(config.hook)
-    detect_format(config.sae)
+    if check_sae_files:
+        detect_format(config.sae)
     source_identity(config.corpus)
     if config.corpus not in BUILTIN_CORPORA and next(iter_documents(config.corpus, config.text_field, config.encoding_errors), None) is None:  # type: ignore[arg-type]
         raise UserError(
@@ -129,7 +131,7 @@ def run_collect(
     """`collect` with its summary and timings. `measure_baseline` also times a bare forward per batch
     (for `bench collect`); `on_phase` is called with 'pass1' and 'pass2' as each pass starts."""
     start = time.perf_counter()
-    preflight(config)
+    preflight(config, check_sae_files=sae is None)
     remove_orphaned_spills(store.path.parent)
     fingerprint = sae_fingerprint(config.sae)
     config_hash = config.config_hash(fingerprint)
