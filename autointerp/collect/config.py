@@ -11,7 +11,7 @@ from autointerp.errors import UserError
 from autointerp.hashing import short_hash
 
 # Settings that change how fast a run goes but not what it stores; left out of the config hash.
-_NOT_HASHED = ("device", "batch_size", "overwrite", "progress", "sae_name", "spill_gb")
+_NOT_HASHED = ("device", "batch_size", "overwrite", "progress", "sae_name", "spill_gb", "threads")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class CollectConfig:
     dense_threshold: float = 0.01        # a feature firing on more than this fraction of tokens is 'dense'
     overwrite: bool = False
     progress: bool = True
+    threads: int | None = None           # torch CPU threads (None: all cores); speed only, not hashed
     spill_gb: float = 20.0               # disk for pass 1's sparse codes (0: recompute in pass 2 instead)
 
     def __post_init__(self) -> None:
@@ -48,6 +49,8 @@ class CollectConfig:
             raise UserError("--top-k and --random-k are both 0: nothing to collect", "use e.g. --top-k 50")
         if self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size} must be >= 1", "use e.g. 32")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads {self.threads} must be >= 1", "leave it out to use all cores")
         if self.tokens is not None and self.tokens <= 0:
             raise UserError(f"--tokens {self.tokens} must be positive", "use e.g. --tokens 200000")
         self.corpus_spec()  # validates the corpus settings

@@ -12,6 +12,7 @@ a dead process is removed first.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ def run_collect(
         summary = CollectSummary(config.name, done.d_sae, 0, 0, 0, config.dense_threshold, done.n_tokens or 0, 0,
                                  0, 0, 0, 0.0, 0.0, 0.0, skipped=True)
         return CollectOutcome(done, summary)
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
     lm, point, sae = load_inputs(config, lm, sae)
     spec = config.corpus_spec()
     stream = ContextStream(spec, lm.tokenizer)

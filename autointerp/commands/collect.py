@@ -41,6 +41,7 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spill-gb", type=float, default=20.0,
                         help="disk (next to --db) for pass 1's sparse SAE codes, so pass 2 need not rerun the "
                         "model; past this size pass 2 recomputes instead; 0 = always recompute (default 20)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -88,6 +89,7 @@ def config_from_args(args: argparse.Namespace):  # -> CollectConfig (import kept
         overwrite=args.overwrite,
         progress=not args.no_progress,
         spill_gb=args.spill_gb,
+        threads=args.threads,
     )
 
 
