@@ -49,6 +49,10 @@ def test_answer_probabilities_read_the_alternatives_of_each_answer_token():
     # a prefilled head is fine; an answer inside the prefill is not the model's
     pre = reply([("1", {"1": lp(0.8), "0": lp(0.2)}), ("]}", {})], prefill='{"answers": [')
     assert answer_probabilities(pre, 1) == pytest.approx([0.8])
+    # an end-of-turn token among the logprobs but not in the text (vLLM) is skipped, not a mismatch
+    eot = reply([('{"answers":[', {}), ("0", {"1": lp(0.25), "0": lp(0.75)}), ("]}", {})])
+    eot.token_logprobs.append(TokenLogprob("<|im_end|>", 0.0, {"<|im_end|>": 0.0}))
+    assert answer_probabilities(eot, 1) == pytest.approx([0.25])
     # neither digit among the alternatives: no probability, the caller falls back to the hard answers
     missing = reply([('{"answers": [', {}), ("1", {"yes": lp(0.9)}), ("]}", {})])
     missing.token_logprobs[1] = TokenLogprob("1", lp(0.9), {"yes": lp(0.9)})

@@ -294,6 +294,13 @@ def test_explain_and_every_llm_scorer_through_vllm(served, collected):
         for details in scores[scores["scorer"] == "simulation"]["details"]:
             details = json.loads(details) if isinstance(details, str) else details
             assert details["method"] == "logprobs", details  # through vLLM's prompt logprobs, not json_fallback
+        for scorer in ("detection", "fuzzing"):
+            # vLLM's chat `logprobs`/`top_logprobs` give P(1) per context, so AUC sits beside balanced accuracy
+            # rather than the hard-answer fallback.
+            for details in scores[scores["scorer"] == scorer]["details"]:
+                details = json.loads(details) if isinstance(details, str) else details
+                assert details["auc_method"] == "logprobs", (scorer, details)
+                assert details["auc"] is not None and 0.0 <= details["auc"] <= 1.0, (scorer, details)
         # Every item ok: 'undefined' is not a failure, but here it would mean the scorer learned nothing
         # (e.g. the simulator's value tokens missing from its top-20 at most slots).
         bad = scores[scores["status"] != "ok"]

@@ -64,7 +64,14 @@ def answer_probabilities(result: ChatResult, n: int) -> list[float] | None:
     if not steps or result.text is None:
         return None
     generated = "".join(step.token for step in steps)
-    if not result.text.endswith(generated):
+    # vLLM lists the end-of-turn token (e.g. '<|im_end|>') among the reply's logprobs but leaves it out of
+    # the text: drop trailing steps the text does not end with (at most two, so a real mismatch still fails).
+    for _ in range(2):
+        if result.text.endswith(generated) or not steps:
+            break
+        steps = steps[:-1]
+        generated = "".join(step.token for step in steps)
+    if not steps or not result.text.endswith(generated):
         return None  # the tokens do not spell the reply (a prefill is fine: it is a prefix)
     offset = len(result.text) - len(generated)
     starts, position = [], offset

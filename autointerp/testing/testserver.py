@@ -454,12 +454,12 @@ class FakeOpenAIServer:
             "id": f"chatcmpl-{self._next_index}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish, "logprobs": self._chat_logprobs(body, content)}],
+                         "finish_reason": finish, "logprobs": self._chat_logprobs(body, content, finish)}],
             "usage": {"prompt_tokens": _count_tokens(prompt), "completion_tokens": _count_tokens(content),
                       "total_tokens": _count_tokens(prompt) + _count_tokens(content)},
         }
 
-    def _chat_logprobs(self, body: dict[str, Any], content: str) -> dict[str, Any] | None:
+    def _chat_logprobs(self, body: dict[str, Any], content: str, finish: str) -> dict[str, Any] | None:
         """OpenAI-style `logprobs.content` when asked (`logprobs: true`): one token per character; at a digit
         0/1 the other digit is the runner-up, with a deterministic confidence between 0.55 and 0.95."""
         if not body.get("logprobs") or not self.chat_logprobs:
@@ -474,6 +474,9 @@ class FakeOpenAIServer:
             else:
                 top = [{"token": char, "logprob": 0.0}]
             entries.append({"token": char, "logprob": top[0]["logprob"], "top_logprobs": top[:top_n]})
+        if finish == "stop":
+            # Like vLLM: the end-of-turn token is listed among the reply's logprobs but is not in its text.
+            entries.append({"token": "<|im_end|>", "logprob": 0.0, "top_logprobs": [{"token": "<|im_end|>", "logprob": 0.0}][:top_n]})
         return {"content": entries}
 
     def _completions_body(self, body: dict[str, Any], kind: str | None) -> dict[str, Any]:
