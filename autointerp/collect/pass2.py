@@ -60,12 +60,11 @@ def _example_rows(
     run_id: str,
     selection: Selection,
     ids: np.ndarray,
-    lengths: np.ndarray,
     entries: SparseEntries,
     d_sae: int,
 ) -> pa.Table | None:
     """The example rows of the batch's contexts `ids` (any order), built from sparse entries alone:
-    no dense [rows, width, d_sae] tensor, one vectorised scatter for all examples of the batch."""
+    no dense [rows, width, d_sae] tensor, one vectorised gather for all examples of the batch."""
     lo = np.searchsorted(selection.context, ids, side="left")
     hi = np.searchsorted(selection.context, ids, side="right")
     counts = hi - lo
@@ -75,22 +74,21 @@ def _example_rows(
     starts = np.cumsum(counts) - counts
     index = np.repeat(lo - starts, counts) + np.arange(total)  # examples of these contexts
     row = np.repeat(np.arange(len(ids)), counts)
-    # a (context, feature) pair can be several examples (top and random): fill each pair once
-    pair_keys, pair_of = np.unique(
-        row * d_sae + selection.feature[index].astype(np.int64), return_inverse=True
-    )
-    pair_len = lengths[pair_keys // d_sae]
-    pair_start = np.cumsum(pair_len) - pair_len
-    flat = np.zeros(int(pair_len.sum()), dtype=np.float32)
-    pair_max = np.zeros(len(pair_keys), dtype=np.float32)
+    # a (context, feature) pair can be several examples (top and random): gather each pair's entries once
+    pair_keys, pair_of = np.unique(row * d_sae + selection.feature[index].astype(np.int64), return_inverse=True)
     entry_keys = entries.row * d_sae + entries.feature
     where = np.minimum(np.searchsorted(pair_keys, entry_keys), len(pair_keys) - 1)
     match = pair_keys[where] == entry_keys
-    flat[pair_start[where[match]] + entries.position[match]] = entries.value[match]
-    np.maximum.at(pair_max, where[match], entries.value[match])
-    ex_len = pair_len[pair_of]
-    ex_start = np.cumsum(ex_len) - ex_len
-    gather = np.repeat(pair_start[pair_of] - ex_start, ex_len) + np.arange(int(ex_len.sum()))
+    owner = where[match]
+    order = np.argsort(owner, kind="stable")  # entries come by token within a row: positions stay ascending
+    positions, values = entries.position[match][order], entries.value[match][order]
+    pair_count = np.bincount(owner, minlength=len(pair_keys))
+    pair_start = np.cumsum(pair_count) - pair_count
+    pair_max = np.zeros(len(pair_keys), dtype=np.float32)
+    np.maximum.at(pair_max, owner, entries.value[match])
+    ex_count = pair_count[pair_of]
+    ex_start = np.cumsum(ex_count) - ex_count
+    gather = np.repeat(pair_start[pair_of] - ex_start, ex_count) + np.arange(int(ex_count.sum()))
     return example_table(
         run_id,
         selection.feature[index],
@@ -99,8 +97,9 @@ def _example_rows(
         selection.rank[index],
         selection.context[index],
         pair_max[pair_of],
-        flat[gather],
-        ex_len,
+        positions[gather],
+        values[gather],
+        ex_count,
     )
 
 
@@ -169,8 +168,7 @@ def run_pass2(
                 entries = SparseEntries.from_codes(
                     encode_batch(sae, hidden, batch.valid.to(hidden.device)), width
                 )
-            lengths = np.array([len(c.token_ids) for c in batch.contexts], dtype=np.int64)
-            table = _example_rows(run_id, selection, ids, lengths, entries, sae.d_sae)
+            table = _example_rows(run_id, selection, ids, entries, sae.d_sae)
             if table is not None:
                 sink.examples(table)
                 n_examples += table.num_rows
@@ -215,7 +213,6 @@ def _nonactivating_tables(
     chosen = silent & (rank < k)
     d = fires.shape[1]
     per_chunk = max(1, _NONACTIVATING_CHUNK_ROWS // max(k, 1))
-    lengths_of = np.array([len(contexts[int(c)].token_ids) for c in sample])
     for first in range(0, d, per_chunk):
         block = chosen[:, first : first + per_chunk]
         positions, features = np.nonzero(block.T)[::-1]  # ordered by feature, then sample position
@@ -223,7 +220,6 @@ def _nonactivating_tables(
         if positions.size == 0:
             continue
         context = sample[positions]
-        lengths = lengths_of[positions]
         table = example_table(
             run_id,
             features,
@@ -232,7 +228,8 @@ def _nonactivating_tables(
             rank[positions, features],
             context,
             np.zeros(positions.size),
-            np.zeros(int(lengths.sum()), dtype=np.float32),
-            lengths,
+            np.zeros(0, dtype=np.int32),
+            np.zeros(0, dtype=np.float32),
+            np.zeros(positions.size, dtype=np.int64),
         )
         yield table, set(np.unique(context).tolist())

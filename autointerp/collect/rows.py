@@ -11,6 +11,7 @@ import pyarrow as pa
 from autointerp.collect.selection import KINDS
 from autointerp.collect.stats import FeatureStats, histogram_edges
 from autointerp.corpus import SPLITS, Context, TokenDecoder
+from autointerp.store.sparse import sparse_lists
 
 
 def _list_array(flat: np.ndarray, lengths: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -31,10 +32,13 @@ def example_table(
     rank: np.ndarray,
     context: np.ndarray,
     max_activation: np.ndarray,
-    flat_activations: np.ndarray,
-    lengths: np.ndarray,
+    positions: np.ndarray,
+    values: np.ndarray,
+    counts: np.ndarray,
 ) -> pa.Table:
+    """Example rows with sparse activations: `counts[i]` (position, value) entries per example, flat."""
     n = len(feature)
+    act_positions, act_values = sparse_lists(positions, values, counts)
     return pa.table(
         {
             "run_id": pa.repeat(run_id, n),
@@ -44,7 +48,8 @@ def example_table(
             "rank": pa.array(rank.astype(np.int32)),
             "context_id": pa.array(context.astype(np.int64)),
             "max_activation": pa.array(max_activation.astype(np.float64)),
-            "activations": _list_array(flat_activations.astype(np.float32), lengths, pa.float32()),
+            "act_positions": act_positions,
+            "act_values": act_values,
         }
     )
 

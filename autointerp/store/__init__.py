@@ -17,10 +17,12 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from autointerp.errors import UserError
-from autointerp.store.schema import SCHEMA_SQL, SCHEMA_VERSION
+from autointerp.store.schema import EXAMPLES_SQL, SCHEMA_SQL, SCHEMA_VERSION
 from autointerp.store.sets import null_set_key
+from autointerp.store.sparse import DENSE_ACTIVATIONS, MIGRATE_V1_SQL, with_sparse_activations
 
 __all__ = ["Store", "SCHEMA_VERSION", "RunInfo"]
 
@@ -83,6 +85,8 @@ class Store:
                     f"this one reads up to {SCHEMA_VERSION})",
                     "upgrade autointerp (pip install -U autointerp), or use a new --db file",
                 )
+            if version < SCHEMA_VERSION:
+                self._migrate(version, read_only)
             return
         if tables:
             raise UserError(
@@ -97,6 +101,25 @@ class Store:
                 "INSERT INTO meta VALUES ('schema_version', ?), ('created_by', 'autointerp')",
                 [str(SCHEMA_VERSION)],
             )
+
+    def _migrate(self, version: int, read_only: bool) -> None:
+        """Upgrade an older workspace in place, in one transaction (a read-only open reopens writable once)."""
+        if read_only:
+            self.con.close()
+            try:
+                with Store(self.path):
+                    pass
+            except UserError as exc:
+                raise UserError(
+                    f"{self.path} uses workspace schema {version} and must be upgraded to {SCHEMA_VERSION} "
+                    f"once, which needs write access ({exc.args[0] if exc.args else exc})",
+                    "make the file writable (or stop the process holding it) and rerun",
+                ) from exc
+            self.con = duckdb.connect(str(self.path), read_only=True)
+            return
+        with self.transaction():
+            if version == 1:
+                self.con.execute(MIGRATE_V1_SQL.format(create_examples=EXAMPLES_SQL))
 
     def close(self) -> None:
         with self._lock:
@@ -239,8 +262,10 @@ class Store:
         self._insert_df("features", features)
 
     def add_examples(self, examples: pd.DataFrame) -> None:
-        """Insert examples (columns of the `examples` table, run_id included)."""
-        self._insert_df("examples", examples)
+        """Insert examples (columns of the `examples` table, run_id included; dense `activations`
+        lists, one value per context token, are stored sparsely)."""
+        if not examples.empty:
+            self.add_examples_arrow(pa.Table.from_pandas(examples, preserve_index=False))
 
     def features(self, run_id: str) -> pd.DataFrame:
         return self.query_df("SELECT * FROM features WHERE run_id = ? ORDER BY feature_id", [run_id])
@@ -255,7 +280,7 @@ class Store:
         """Examples joined with their context's tokens and document, ordered by feature, kind, rank."""
         sql = (
             "SELECT e.run_id, e.feature_id, e.split, e.kind, e.rank, e.context_id, e.max_activation, "
-            "e.activations, c.doc_id, c.token_ids, c.tokens "
+            f"{DENSE_ACTIVATIONS} AS activations, c.doc_id, c.token_ids, c.tokens "
             "FROM examples e JOIN runs r ON r.run_id = e.run_id "
             "JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id "
             "WHERE e.run_id = ?"
@@ -282,7 +307,8 @@ class Store:
             self._insert_registered(table, rows, list(rows.column_names), conflict)
 
     def add_examples_arrow(self, rows: Any) -> None:
-        self._insert_arrow("examples", rows)
+        """Examples as a pyarrow Table: sparse `act_positions`/`act_values`, or dense `activations`."""
+        self._insert_arrow("examples", with_sparse_activations(rows))
 
     def add_contexts_arrow(self, rows: Any) -> None:
         """Contexts shared by runs on the same corpus: existing ones are kept."""
@@ -588,7 +614,7 @@ class Store:
         ), nl AS (
             SELECT feature_id{nl_select} FROM null_latest GROUP BY feature_id
         ), ranked AS (
-            SELECT e.feature_id, e.split, e.max_activation, e.activations, c.tokens,
+            SELECT e.feature_id, e.split, e.max_activation, {DENSE_ACTIVATIONS} AS activations, c.tokens,
                    row_number() OVER (PARTITION BY e.feature_id
                                       ORDER BY e.max_activation DESC, e.split, e.rank) AS pos
             FROM examples e
