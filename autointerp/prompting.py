@@ -23,6 +23,18 @@ def prompts_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "prompts"
 
 
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+@lru_cache(maxsize=128)
+def _compiled(text: str) -> jinja2.Template:
+    """A template's text compiled once: compiling costs ~2 ms, rendering ~20 us, and scoring renders one
+    prompt per request (profiled: recompiling was a third of the score stage's CPU)."""
+    return _environment().from_string(text)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str          # file name without suffix, e.g. 'explain_v1'
@@ -30,8 +42,7 @@ class PromptTemplate:
     hash: str
 
     def render(self, **variables: object) -> str:
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-        return env.from_string(self.text).render(**variables)
+        return _compiled(self.text).render(**variables)
 
 
 @lru_cache(maxsize=64)

@@ -140,12 +140,20 @@ class SimulationScorer(Scorer):
     def use_logprobs(self) -> bool:
         return bool(getattr(self.client, "supports_prompt_logprobs", False)) and self._layout_problem() is None
 
-    def _layout_problem(self) -> str | None:
+    def _layout(self) -> SlotLayout | None:
+        """The slot layout of the client's tokenizer, built once (it encodes a dozen strings; per item it
+        was a measurable share of the score stage's CPU)."""
         assert self.client is not None
-        tokenizer = self.client.tokenizer()
-        if tokenizer is None:
+        if not hasattr(self, "_cached_layout"):
+            tokenizer = self.client.tokenizer()
+            self._cached_layout = None if tokenizer is None else SlotLayout(tokenizer)
+        return self._cached_layout
+
+    def _layout_problem(self) -> str | None:
+        layout = self._layout()
+        if layout is None:
             return "the simulator's tokenizer is unknown (pass --tokenizer for an HTTP server)"
-        return SlotLayout(tokenizer).problem
+        return layout.problem
 
     @property
     def prompt_hash(self) -> str:
@@ -171,7 +179,8 @@ class SimulationScorer(Scorer):
     ) -> ScoreOutcome:
         assert self.client is not None
         tokenizer = self.client.tokenizer()
-        layout = SlotLayout(tokenizer)
+        layout = self._layout()
+        assert layout is not None
         prompt = load_prompt(self.prompt_name or "").render(
             explanation=item.explanation, scale_max=SCALE_MAX, placeholder=PLACEHOLDER
         )

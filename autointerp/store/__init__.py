@@ -28,6 +28,10 @@ __all__ = ["Store", "SCHEMA_VERSION", "RunInfo"]
 
 from autointerp.store.records import RunInfo  # noqa: E402
 
+#: DuckDB's buffer cap for whole-run scans (the leak check, report and export reads): beyond it DuckDB
+#: spills to its temp directory, so those scans cost the same memory at 16k and 1M features.
+SCAN_MEMORY_LIMIT = "128MB"
+
 
 def _open_error(path: Path, exc: Exception) -> UserError:
     """DuckDB says IOException both for a file held by another process and for a file that is not a
@@ -322,12 +326,13 @@ class Store:
         """Cap DuckDB's buffer memory (e.g. '256MB') inside the block: collect's bulk writes would
         otherwise keep every written block cached, so the process grows with the corpus."""
         with self._lock:
+            previous = self.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
             self.con.execute(f"SET memory_limit = '{limit}'")
         try:
             yield
         finally:
-            with self._lock:
-                self.con.execute("RESET memory_limit")
+            with self._lock:  # the previous value, not the default: a caller may have set its own
+                self.con.execute(f"SET memory_limit = '{previous}'")
 
     def prune_corpus(self, corpus_id: str) -> None:
         """Drop a corpus's contexts that no example refers to, and the corpus itself when no run uses it
@@ -501,7 +506,10 @@ class Store:
             WHERE example_split <> context_split OR (doc_split IS NOT NULL AND example_split <> doc_split)
             ORDER BY problem, doc_id, feature_id, context_id
         """
-        return self.query_df(sql, [run_id])
+        # The joins and the grouping scan every example of the run (1.6 M rows at 65,536 features): capped,
+        # DuckDB spills instead of holding ~350 MB, so the score stage's memory does not grow with the width.
+        with self.memory_limit(SCAN_MEMORY_LIMIT):
+            return self.query_df(sql, [run_id])
 
     # ------------------------------------------------------------------ SAE metrics and output view
     def put_sae_metrics(self, run_id: str, metrics: dict[str, float | None], details: dict[str, Any] | None = None) -> None:
