@@ -16,6 +16,7 @@ import torch
 
 from autointerp.collect.batches import Batch, iter_batches, pad_token_id
 from autointerp.collect.encode import encode_batch
+from autointerp.collect.malloc import keep_freed_buffers
 from autointerp.collect.spill import CodeSpill
 from autointerp.collect.state import CollectState
 from autointerp.corpus import ContextStream
@@ -63,6 +64,7 @@ def run_pass1(
     timing = Pass1Timing()
     total = stream.spec.max_tokens
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="collect", disable=not progress, smoothing=0.1)
+    keep_freed_buffers()  # reuse each batch's buffers for the next: no page faults per batch
     pad_id = pad_token_id(lm.tokenizer)
     with torch.inference_mode():
         for batch in iter_batches(stream, batch_size, pad_id, stream.spec.ctx_len):
