@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 from autointerp import __version__
 from autointerp.errors import UserError
@@ -31,8 +32,40 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that remembers its option strings and subcommands, through argparse's public
+    API (`add_argument` returns the Action), so the TOML pipeline can ask which flags a stage takes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: set[str] = set()  # before argparse's __init__, which adds --help
+        self.commands: dict[str, Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags.update(action.option_strings)
+        return action
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+
+        def add_and_record(*a: Any, **k: Any) -> argparse.Action:
+            action = add(*a, **k)
+            self.flags.update(action.option_strings)
+            return action
+
+        group.add_argument = add_and_record  # type: ignore[method-assign]
+        return group
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        subparsers = super().add_subparsers(**kwargs)
+        self.commands = subparsers.choices  # name -> Parser, filled by add_parser
+        return subparsers
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="autointerp",
         description="Label and score sparse-autoencoder features with LLMs (DuckDB is the store of record).",
     )

@@ -92,13 +92,12 @@ def run_config(config: Mapping[str, Any]) -> int:
     from autointerp.cli import build_parser, main
 
     parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command")
 
     def known_flags(stage: str) -> set[str]:
-        sub = subparsers.choices.get(stage.replace("_", "-"))  # type: ignore[union-attr]
+        sub = parser.commands.get(stage.replace("_", "-"))
         if sub is None:
             raise UserError(f"stage {stage!r} is not available in this install", "remove its section")
-        return {opt for action in sub._actions for opt in action.option_strings}
+        return sub.flags
 
     partial = []
     for argv in stage_argvs(config, known_flags):

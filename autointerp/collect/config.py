@@ -9,37 +9,62 @@ from typing import Any
 from autointerp.corpus import CorpusSpec
 from autointerp.errors import UserError
 from autointerp.hashing import short_hash
-
-# Settings that change how fast a run goes but not what it stores; left out of the config hash.
-_NOT_HASHED = ("device", "batch_size", "overwrite", "progress", "sae_name", "spill_gb", "threads")
+from autointerp.options import hashed_values, option
 
 
 @dataclass
 class CollectConfig:
-    model: str
-    hook: str
-    sae: str
-    corpus: str = "wiki"
-    sae_name: str | None = None
-    tokens: int | None = None            # cap on corpus tokens (None: the whole corpus)
-    top_k: int = 50
-    random_k: int = 50
-    nonactivating_k: int = 50
-    sample_size: int | None = None       # global sample per split for non-activating examples (default 4x)
-    ctx_len: int = 64
-    min_ctx_tokens: int = 16
-    test_fraction: float = 0.2
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    batch_size: int = 32                 # contexts per forward pass
-    text_field: str = "text"
-    encoding_errors: str = "strict"
-    dense_threshold: float = 0.01        # a feature firing on more than this fraction of tokens is 'dense'
-    overwrite: bool = False
-    progress: bool = True
-    threads: int | None = None           # torch CPU threads (None: all cores); speed only, not hashed
-    spill_gb: float = 20.0               # disk for pass 1's sparse codes (0: recompute in pass 2 instead)
+    """Every setting of `autointerp collect`; each field is also its CLI flag (see `autointerp.options`).
+
+    `hashed=False` marks settings that change how fast a run goes or what it prints, not what it
+    stores: they stay out of the config hash, so changing them does not make a stored run stale.
+    """
+
+    model: str = option(help="HF model dir, .gguf file, or built-in name (smollm2)")
+    hook: str = option(help="hook point, e.g. layers.15 (residual after layer 15)")
+    sae: str = option(help="SAE directory (SAELens or sparsify format)")
+    corpus: str = option("wiki", "'wiki' (built in), a .txt/.jsonl/.parquet file, or a directory of them")
+    sae_name: str | None = option(
+        None, "name of this SAE in the workspace (default: the SAE directory name)", hashed=False
+    )
+    tokens: int | None = option(None, "read at most this many corpus tokens (default: all)")
+    top_k: int = option(50, "top-activating examples per feature and split")
+    random_k: int = option(50, "random activating examples per feature and split")
+    nonactivating_k: int = option(50, "non-activating examples per feature and split")
+    sample_size: int | None = option(
+        None,
+        "global random sample of contexts per split that non-activating "
+        "examples are drawn from (default: 4 x --nonactivating-k, at least 16)",
+    )
+    ctx_len: int = option(64, "tokens per context")
+    min_ctx_tokens: int = option(
+        16, "shortest context kept: shorter documents and document tails are dropped"
+    )
+    test_fraction: float = option(0.2, "share of documents in the test split")
+    seed: int = option(0, "seed of the split and of the random samples")
+    device: str = option("cpu", "cpu or cuda", hashed=False)
+    dtype: str = option("float32", "model and SAE dtype", choices=("float32", "bfloat16"))
+    batch_size: int = option(32, "contexts per forward pass", hashed=False)
+    text_field: str = option("text", "JSONL field / parquet column holding the text")
+    encoding_errors: str = option(
+        "strict",
+        "bytes that are not UTF-8: stop with an error (strict) or replace them",
+        choices=("strict", "replace"),
+    )
+    dense_threshold: float = option(
+        0.01, "features firing on more than this fraction of tokens are reported dense"
+    )
+    overwrite: bool = option(
+        False, "replace an SAE of the same name collected with a different config", hashed=False
+    )
+    progress: bool = option(True, "progress bar", hashed=False)
+    threads: int | None = option(None, "torch CPU threads (default: all cores)", hashed=False)
+    spill_gb: float = option(
+        20.0,
+        "disk (next to --db) for pass 1's sparse SAE codes, so pass 2 need not rerun "
+        "the model; past this size pass 2 recomputes instead; 0 = always recompute",
+        hashed=False,
+    )
 
     def __post_init__(self) -> None:
         for name in ("top_k", "random_k", "nonactivating_k"):
@@ -80,7 +105,7 @@ class CollectConfig:
         return asdict(self)
 
     def hashed(self, sae_fingerprint: Any = None) -> dict[str, Any]:
-        values = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        values = hashed_values(self)
         values["sae_fingerprint"] = sae_fingerprint
         return values
 
@@ -95,4 +120,6 @@ def sae_fingerprint(path: str) -> list[list[Any]]:
         directory = directory.parent
     if not directory.is_dir():
         return []
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()]
+    return [
+        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()
+    ]
