@@ -17,11 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = ScoreConfig()
     parser = subparsers.add_parser(
         "score",
-        help="score explanations: simulation, detection, fuzzing, embedding (resumable)",
+        help="score explanations: simulation, detection, fuzzing, embedding; intruder (no label) (resumable)",
         description="Score each ok explanation on test-split contexts (documents the explainer never saw). "
         "Rerunning skips scores already stored for the same explanation, scorer, model, prompt and settings; "
         "--retry-failed redoes failed ones. Refuses to run if a test context shares a document with an "
-        "explain-split example.",
+        "explain-split example. The intruder scorer reads no label: it scores each feature once "
+        "(the --features given, labelled or not; else the labelled ones).",
     )
     parser.add_argument("--db", required=True, help="workspace DuckDB file (after collect and explain)")
     parser.add_argument("--sae-name", default=None, help="which SAE in the workspace (needed when it holds several)")
@@ -46,6 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="detection/fuzzing: contexts per request (default %(default)s)")
     parser.add_argument("--fuzz-mismarked", type=float, default=d.fuzz_mismarked_fraction,
                         help="fuzzing: fraction of activating contexts shown with wrong marks (default %(default)s)")
+    parser.add_argument("--negatives", choices=["random", "hard"], default=d.negatives,
+                        help="negatives shown to detection/fuzzing/simulation/embedding and the intruder's intruders: "
+                        "random non-activating contexts, or hard ones (top contexts of neighbour features by decoder "
+                        "cosine that do not fire this feature; collect stores them); enters the score key "
+                        "(default %(default)s)")
+    parser.add_argument("--intruder-n", type=int, default=d.intruder_n_activating,
+                        help="intruder: activating contexts shown beside the one intruder (default %(default)s; "
+                        "chance 1/(n+1))")
+    parser.add_argument("--intruder-rounds", type=int, default=d.intruder_rounds,
+                        help="intruder: questions per feature, each with other contexts (default %(default)s)")
+    parser.add_argument("--no-intruder-highlight", dest="intruder_highlight", action="store_false",
+                        help="intruder: show the contexts without marking the tokens the feature fires on")
     parser.add_argument("--temperature", type=float, default=d.temperature)
     parser.add_argument("--seed", type=int, default=d.seed, help="context sampling, shuffles and fuzz marks")
     parser.add_argument("--null-sample", type=int, default=DEFAULT_NULL_SAMPLE,
@@ -73,7 +86,9 @@ def handle(args: argparse.Namespace) -> int:
         nonactivating_ratio=args.nonactivating_ratio, seed=args.seed, temperature=args.temperature,
         simulation_contexts_per_request=args.contexts_per_request, classify_batch_size=args.batch_size,
         fuzz_mismarked_fraction=args.fuzz_mismarked, explainer_model=args.explainer_model,
-        explanation_prompt=args.explanation_prompt,
+        explanation_prompt=args.explanation_prompt, negatives=args.negatives,
+        intruder_n_activating=args.intruder_n, intruder_rounds=args.intruder_rounds,
+        intruder_highlight=args.intruder_highlight,
     )
     import logging
 

@@ -27,7 +27,7 @@ from autointerp.errors import UserError
 from autointerp.report import stats, svg
 from autointerp.report.data import ExplanationSet, RunData, explanation_sets, load_run, threshold_for
 from autointerp.report.matching import DEFAULT_MATCH_THRESHOLD, MatchingResult, match_arms
-from autointerp.report.null import null_baseline
+from autointerp.report.null import baseline_for
 from autointerp.report.templates import read_asset, render_html, render_markdown
 from autointerp.report.writing import write_text_atomic
 from autointerp.store import Store
@@ -146,9 +146,10 @@ def summarize(arms: list[Arm], options: CompareOptions) -> pd.DataFrame:
                 "median": median.value, "median_ci_low": median.low, "median_ci_high": median.high,
                 "threshold": thr, "frac_above": frac.value, "frac_ci_low": frac.low, "frac_ci_high": frac.high,
             }
-            base = null_baseline(a.data.scores, a.data.null_scores, scorer, options.n_boot, options.n_perm,
-                                 options.seed)
-            row.update({"null_pairs": base.n_pairs, "real_mean_paired": base.real_mean, "null_mean": base.null_mean,
+            base = baseline_for(a.data.scores, a.data.null_scores, scorer, a.data.label_free_scorers,
+                                options.n_boot, options.n_perm, options.seed)
+            row.update({"chance": a.data.chance(scorer), "label_free": scorer in a.data.label_free_scorers,
+                        "null_passed": base.passed, "null_pairs": base.n_pairs, "real_mean_paired": base.real_mean, "null_mean": base.null_mean,
                         "null_diff": base.diff, "null_ci_low": base.ci_low, "null_ci_high": base.ci_high,
                         "null_share_real_wins": base.share_real_wins, "beats_null": base.beats_null,
                         "null_verdict": base.verdict})

@@ -21,15 +21,19 @@ from autointerp.store.sets import is_null_model, null_set_key
 # Default "good feature" thresholds per scorer, used for "fraction above threshold". Simulation is a
 # Pearson correlation (0.5 is a common "well explained" cut); detection/fuzzing are balanced accuracies
 # with chance 0.5, so 0.75 is halfway to perfect; embedding is an AUC (chance 0.5), same reasoning.
-DEFAULT_THRESHOLDS: dict[str, float] = {"simulation": 0.5, "detection": 0.75, "fuzzing": 0.75, "embedding": 0.75}
+# The intruder scorer's accuracy has chance 1/(n+1) (0.2 by default): 0.6 is halfway to perfect.
+DEFAULT_THRESHOLDS: dict[str, float] = {"simulation": 0.5, "detection": 0.75, "fuzzing": 0.75, "embedding": 0.75,
+                                        "intruder": 0.6}
 FALLBACK_THRESHOLD = 0.5
 DEFAULT_DENSE_THRESHOLD = 0.1  # a feature firing on more than 10 % of tokens is "dense" (SAEBench's cut)
 
 
 def threshold_for(scorer: str, overrides: dict[str, float] | None = None) -> float:
-    if overrides and scorer in overrides:
-        return overrides[scorer]
-    return DEFAULT_THRESHOLDS.get(scorer, FALLBACK_THRESHOLD)
+    """The "good feature" cut of a scorer; 'detection:hard' (hard negatives) uses detection's."""
+    for name in (scorer, scorer.split(":")[0]):
+        if overrides and name in overrides:
+            return overrides[name]
+    return DEFAULT_THRESHOLDS.get(scorer, DEFAULT_THRESHOLDS.get(scorer.split(":")[0], FALLBACK_THRESHOLD))
 
 
 def parse_thresholds(items: list[str] | None) -> dict[str, float]:
@@ -109,6 +113,14 @@ class RunData:
     scorers: list[str] = field(default_factory=list)
     #: Scores of the shuffled-label null set of the chosen set (same columns as `scores`; empty if none).
     null_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: Scorers in `scores` that read no label (intruder): read against chance, never against shuffled labels.
+    label_free_scorers: list[str] = field(default_factory=list)
+
+    def chance(self, scorer: str) -> float | None:
+        """The chance level stored with the scorer's ok scores (their median), None when none is stored."""
+        s = self.scores
+        values = s[(s["scorer"] == scorer) & (s["status"] == "ok")]["chance"].dropna()
+        return float(values.median()) if len(values) else None
 
     def ok_scores(self, scorer: str) -> pd.DataFrame:
         """feature_id, score for the scorer's successful scores."""
@@ -135,6 +147,9 @@ def load_run(store: Store, sae_name: str | None, explainer_model: str | None = N
         explanations = pd.DataFrame(columns=["feature_id", "explanation_id", "status", "explanation", "error"])
         scores = pd.DataFrame(columns=["feature_id", "scorer", "status", "score", "chance", "details", "error",
                                        "scorer_model"])
+    label_free = store.label_free_scores(run.run_id)
+    if not label_free.empty:
+        scores = label_free if scores.empty else pd.concat([scores, label_free], ignore_index=True)
     scorers = sorted(scores["scorer"].dropna().unique().tolist()) if not scores.empty else []
     return RunData(
         run=run,
@@ -148,6 +163,7 @@ def load_run(store: Store, sae_name: str | None, explainer_model: str | None = N
         logits=store.feature_logits(run.run_id),
         scorers=scorers,
         null_scores=null_scores,
+        label_free_scorers=sorted(set(label_free["scorer"])) if not label_free.empty else [],
     )
 
 

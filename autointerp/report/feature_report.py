@@ -155,7 +155,8 @@ def summarize(data: RunData, options: ReportOptions) -> dict[str, Any]:
         # share of unusable labels (echoed prompt, markers, loops; failed items count as empty)
         "label_quality": label_quality(expl["explanation"]) if not expl.empty else None,
         "scorers": scorer_rows,
-        "null_baseline": [b.as_dict() for b in null_baselines(data.scores, data.null_scores, data.scorers)],
+        "null_baseline": [b.as_dict() for b in null_baselines(data.scores, data.null_scores, data.scorers,
+                                                                 label_free=data.label_free_scorers)],
         "best": best,
         "worst": worst,
         "best_worst_scorer": best_worst_scorer,

@@ -19,6 +19,9 @@ from autointerp.report import stats
 
 NOT_DISTINGUISHABLE = "not distinguishable from shuffled labels on this run"
 NO_BASELINE = "no shuffled-label baseline on this run (score with --null-sample above 0)"
+BEATS_NULL = "beats shuffled labels"
+ABOVE_CHANCE = "above chance (explanation-free)"
+NOT_ABOVE_CHANCE = "not above chance (explanation-free) on this run"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class NullBaseline:
     share_ties: float | None
     beats_null: bool  # CI strictly above 0
     verdict: str  # '' when the scorer beats the baseline, else NOT_DISTINGUISHABLE / NO_BASELINE
+    #: What passing means: BEATS_NULL for label scorers, ABOVE_CHANCE for label-free ones (intruder), whose
+    #: baseline is the chance level stored with each score (null_mean then holds that chance).
+    passed: str = BEATS_NULL
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +80,32 @@ def null_baseline(
     )
 
 
+def chance_baseline(scores: pd.DataFrame, scorer: str, n_boot: int = 2000, seed: int = 0) -> NullBaseline:
+    """A label-free scorer (intruder) against the chance level stored with each of its scores: a shuffled
+    label changes nothing for a scorer that reads none, so chance is its baseline. diff = mean(score -
+    chance) with a bootstrap CI; it passes when the CI lies above 0."""
+    ok = scores[(scores["scorer"] == scorer) & (scores["status"] == "ok") & scores["score"].notna()
+                & scores["chance"].notna()] if not scores.empty else scores
+    if ok.empty:
+        return NullBaseline(scorer, 0, None, None, None, None, None, None, None, None, False,
+                            "no scores with a chance level", ABOVE_CHANCE)
+    a, c = ok["score"].to_numpy(dtype=float), ok["chance"].to_numpy(dtype=float)
+    est = stats.bootstrap_ci(a - c, stats.STATISTICS["mean"], n_boot, seed)
+    beats = bool(est.low is not None and est.low > 0)
+    return NullBaseline(scorer, int(a.size), float(a.mean()), float(c.mean()), est.value, est.low, est.high, None,
+                        float(np.mean(a > c)), float(np.mean(a == c)), beats, "" if beats else NOT_ABOVE_CHANCE,
+                        ABOVE_CHANCE)
+
+
+def baseline_for(real: pd.DataFrame, null: pd.DataFrame, scorer: str, label_free: list[str], n_boot: int = 2000,
+                 n_perm: int = 2000, seed: int = 0) -> NullBaseline:
+    """Shuffled labels for a label scorer, chance for a label-free one (`label_free` names those)."""
+    if scorer in label_free:
+        return chance_baseline(real, scorer, n_boot, seed)
+    return null_baseline(real, null, scorer, n_boot, n_perm, seed)
+
+
 def null_baselines(
-    real: pd.DataFrame, null: pd.DataFrame, scorers: list[str], seed: int = 0
+    real: pd.DataFrame, null: pd.DataFrame, scorers: list[str], seed: int = 0, label_free: list[str] | None = None
 ) -> list[NullBaseline]:
-    return [null_baseline(real, null, s, seed=seed) for s in scorers]
+    return [baseline_for(real, null, s, label_free or [], seed=seed) for s in scorers]

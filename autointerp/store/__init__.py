@@ -21,10 +21,14 @@ import pyarrow as pa
 
 from autointerp.errors import UserError
 from autointerp.store.schema import EXAMPLES_SQL, SCHEMA_SQL, SCHEMA_VERSION
-from autointerp.store.sets import null_set_key
+from autointerp.store.sets import LABEL_FREE_PREFIX, null_set_key
 from autointerp.store.sparse import DENSE_ACTIVATIONS, MIGRATE_V1_SQL, with_sparse_activations
 
 __all__ = ["Store", "SCHEMA_VERSION", "RunInfo"]
+
+#: The scorer name the report reads: a score against hard negatives (`--negatives hard`, in the stored
+#: config) shows as '<scorer>:hard', so it sits beside the random-negative score instead of replacing it.
+_SCORER_SHOWN = "CASE WHEN s.config->>'negatives' = 'hard' THEN s.scorer || ':hard' ELSE s.scorer END"
 
 from autointerp.store.records import RunInfo  # noqa: E402
 
@@ -565,11 +569,23 @@ class Store:
         """Scores of one explanation set: per (feature, scorer) the newest row (a rerun with a new scorer
         config supersedes the old one)."""
         return self.query_df(
-            "SELECT s.* FROM scores s JOIN explanations e ON e.explanation_id = s.explanation_id "
+            f"SELECT s.* EXCLUDE (scorer), {_SCORER_SHOWN} AS scorer FROM scores s "
+            "JOIN explanations e ON e.explanation_id = s.explanation_id "
             "WHERE e.run_id = ? AND e.explainer_model = ? AND e.prompt_hash = ? AND e.config_hash = ? "
-            "QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer "
-            "ORDER BY s.created_at DESC, s.score_id) = 1 ORDER BY s.feature_id, s.scorer",
+            f"QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN} "
+            "ORDER BY s.created_at DESC, s.score_id) = 1 ORDER BY s.feature_id, scorer",
             [run_id, explainer_model, prompt_hash, config_hash],
+        )
+
+    def label_free_scores(self, run_id: str) -> pd.DataFrame:
+        """Scores of the label-free scorers (intruder): per (feature, scorer) the newest row, whatever label
+        set is shown (they are stored under `sets.label_free_id`, never under an explanation)."""
+        return self.query_df(
+            f"SELECT s.* EXCLUDE (scorer), {_SCORER_SHOWN} AS scorer FROM scores s "
+            "WHERE s.run_id = ? AND starts_with(s.explanation_id, ?) "
+            f"QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN} "
+            "ORDER BY s.created_at DESC, s.score_id) = 1 ORDER BY s.feature_id, scorer",
+            [run_id, LABEL_FREE_PREFIX],
         )
 
     def _catalog_query(

@@ -30,3 +30,13 @@ def null_prompt_hash(base_key: tuple[str, str, str]) -> str:
 
 def null_set_key(base_key: tuple[str, str, str]) -> tuple[str, str, str]:
     return (NULL_MODEL, null_prompt_hash(base_key), NULL_CONFIG)
+
+
+#: explanation_id prefix of the scores of label-free scorers (intruder): they never read a label, so they are
+#: stored once per feature under this id instead of once per label, and read with any label set.
+LABEL_FREE_PREFIX = "label-free:"
+
+
+def label_free_id(run_id: str, feature_id: int) -> str:
+    """The explanation_id a label-free scorer's score of one feature is stored under (no explanation row)."""
+    return f"{LABEL_FREE_PREFIX}{short_hash([run_id, int(feature_id)])}"

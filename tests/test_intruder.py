@@ -1,0 +1,160 @@
+"""Intruder scorer (explanation-free): over a real HTTP server speaking the OpenAI protocol, an oracle that
+reads the marks finds every intruder, a server answering a fixed position scores near chance, failures stay
+failures, and scores are stored once per feature (labelled or not), never for the shuffled-label set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from autointerp.llm.base import ChatResult, Status, TokenLogprob
+from autointerp.score import ScoreConfig, ascore_features
+from autointerp.score.intruder import intruder_schema, parse_intruder, position_probabilities
+from autointerp.store import Store
+from autointerp.store.sets import LABEL_FREE_PREFIX, NULL_MODEL
+from autointerp.testing.planted import RIGHT, build_planted_store
+from autointerp.testing.testserver import FakeOpenAIServer
+from tests.score_helpers import RULES, fake_documents, planted_test_features
+
+CONFIG = ScoreConfig(n_activating=6, n_top=2, n_quantiles=2, intruder_n_activating=3, intruder_rounds=4)
+
+
+def oracle(body: dict) -> str:
+    """Names the one text whose marked tokens break the rule (of RULES) that the other texts' marks follow."""
+    prompt = body["messages"][-1]["content"]
+    texts = re.findall(r"^Text \d+: (.*)$", prompt, flags=re.M)
+    marks = [[w for span in re.findall(r"<<(.*?)>>", t) for w in span.split()] for t in texts]
+    for rule in RULES.values():
+        follows = [bool(ms) and all(rule(m) for m in ms) for ms in marks]
+        if follows.count(False) == 1:
+            return json.dumps({"intruder": follows.index(False) + 1})
+    return json.dumps({"intruder": 1})
+
+
+@pytest.fixture()
+def planted(tmp_path):
+    store = Store(tmp_path / "planted.duckdb")
+    run_id = build_planted_store(
+        store, fake_documents(), planted_test_features(), ctx_len=16, model="fake", labels={RIGHT: ["cats"]}
+    )  # feature 1 has no label
+    yield store, run_id
+    store.close()
+
+
+def run(store, run_id, server, config=CONFIG, feature_ids=None, scorers=("intruder",)):
+    from autointerp.llm import make_client
+
+    client = make_client(server.base_url)
+
+    async def go():
+        try:
+            return await ascore_features(
+                store, run_id, client, list(scorers), config, feature_ids, progress=False
+            )
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_oracle_finds_every_intruder_and_scores_are_per_feature(planted):
+    store, run_id = planted
+    with FakeOpenAIServer(chat_reply=oracle) as server:
+        summary = run(store, run_id, server, feature_ids=[0, 1])
+        assert sum(r.index >= 0 for r in server.requests) == 2 * CONFIG.intruder_rounds
+    frame = store.scores(run_id, "intruder")
+    assert sorted(frame["feature_id"]) == [0, 1]  # the unlabelled feature too
+    assert frame["explanation_id"].str.startswith(LABEL_FREE_PREFIX).all()
+    assert set(frame["status"]) == {"ok"} and frame["score"].tolist() == [1.0, 1.0]
+    assert frame["chance"].tolist() == [0.25, 0.25]
+    details = json.loads(frame["details"].iloc[0])
+    assert details["n_rounds"] == 4 and details["auc_method"] == "logprobs" and details["auc"] == 1.0
+    assert summary.scorers["intruder"].mean_score == 1.0
+    # a rerun skips; the shuffled-label selection never scores a label-free scorer
+    with FakeOpenAIServer(chat_reply=oracle) as server:
+        again = run(store, run_id, server, feature_ids=[0, 1])
+        run(store, run_id, server, config=ScoreConfig(**{**CONFIG.__dict__, "explainer_model": NULL_MODEL}))
+        assert sum(r.index >= 0 for r in server.requests) == 0
+    assert again.scorers["intruder"].n_skipped == 2
+
+
+def test_without_feature_ids_the_labelled_features_are_scored(planted):
+    store, run_id = planted
+    with FakeOpenAIServer(chat_reply=oracle) as server:
+        run(store, run_id, server, scorers=("intruder", "detection"))
+    frame = store.scores(run_id)
+    assert sorted(frame[frame["scorer"] == "intruder"]["feature_id"]) == [0]
+    assert len(frame[frame["scorer"] == "detection"]) == 1
+
+
+def test_fixed_answer_scores_near_chance_and_highlight_changes_the_key(planted):
+    store, run_id = planted
+    config = ScoreConfig(**{**CONFIG.__dict__, "intruder_rounds": 8, "intruder_highlight": False})
+    with FakeOpenAIServer(chat_reply=lambda body: json.dumps({"intruder": 1})) as server:
+        run(store, run_id, server, config=config, feature_ids=[0, 1])
+        prompt = next(r for r in server.requests if r.index >= 0).body["messages"][-1]["content"]
+    assert "<<" not in prompt
+    frame = store.scores(run_id, "intruder")
+    assert frame["score"].between(0.0, 0.6).all() and frame["score"].mean() < 0.5
+    with FakeOpenAIServer(chat_reply=oracle) as server:  # highlight on: another key, scored again
+        run(store, run_id, server, feature_ids=[0])
+    assert len(store.scores(run_id, "intruder")) == 3
+
+
+@pytest.mark.parametrize("fault", ["schema_break", "malformed_json"])
+def test_unusable_reply_is_a_failure_never_a_score(planted, fault):
+    store, run_id = planted
+    with FakeOpenAIServer(chat_reply=oracle, faults={0: fault}) as server:
+        run(store, run_id, server, feature_ids=[0])
+    (row,) = store.scores(run_id, "intruder").to_dict("records")
+    assert row["status"] not in ("ok", "undefined") and pd.isna(row["score"]) and "unusable" in row["error"]
+
+
+def test_parsing_and_position_probabilities():
+    ok = ChatResult(
+        Status.OK,
+        text='{"intruder":3}',
+        parsed={"intruder": 3},
+        token_logprobs=[
+            TokenLogprob('{"intruder":', 0.0, {}),
+            TokenLogprob("3", -0.2, {"3": -0.2, "1": -2.0, "9": -1.0}),
+            TokenLogprob("}", 0.0, {}),
+        ],
+    )
+    assert parse_intruder(ok, 4) == (3, None)
+    p = position_probabilities(ok, 4)
+    assert p is not None and p[2] > p[0] > 0 and p[1] == 0 == p[3] and sum(p) == pytest.approx(1.0)
+    assert parse_intruder(ChatResult(Status.OK, parsed={"intruder": 5}), 4)[0] is None
+    assert parse_intruder(ChatResult(Status.OK, parsed={"intruder": True}), 4)[0] is None
+    assert position_probabilities(ChatResult(Status.OK, text='{"intruder":3}'), 4) is None
+    assert intruder_schema(3)["properties"]["intruder"]["enum"] == [1, 2, 3]
+
+
+def test_report_and_compare_read_the_intruder_against_chance(planted, tmp_path):
+    from autointerp.report.compare import CompareOptions, build_compare
+    from autointerp.report.data import load_run
+    from autointerp.report.null import ABOVE_CHANCE, baseline_for
+
+    store, run_id = planted
+    with FakeOpenAIServer(chat_reply=oracle) as server:
+        run(store, run_id, server, feature_ids=[0, 1], scorers=("intruder", "detection"))
+    data = load_run(store, None)
+    assert data.label_free_scorers == ["intruder"] and set(data.scorers) == {"intruder", "detection"}
+    assert data.chance("intruder") == 0.25
+    base = baseline_for(data.scores, data.null_scores, "intruder", data.label_free_scorers)
+    assert base.beats_null and base.passed == ABOVE_CHANCE and base.null_mean == 0.25 and base.diff == 0.75
+    store.close()
+    result = build_compare(
+        [str(tmp_path / "planted.duckdb")],
+        None,
+        tmp_path / "c.html",
+        CompareOptions(n_boot=200, n_perm=200, match=False),
+    )
+    row = result.summary[result.summary["scorer"] == "intruder"].iloc[0]
+    assert row["n"] == 2 and row["chance"] == 0.25 and row["beats_null"] and row["label_free"]
+    md = result.markdown_path.read_text()
+    assert "| intruder | planted | 2 | 0.25 | 1 [1, 1]" in md and ABOVE_CHANCE in md
