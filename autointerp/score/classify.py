@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autointerp.llm.base import ChatResult, Status
+from autointerp.llm.base import ChatResult, Status, TokenLogprob
 from autointerp.prompting import load_prompt
 from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, TestContext
 from autointerp.score.metrics import auc, classification_metrics
@@ -53,13 +53,9 @@ def answers_schema(n: int) -> dict[str, Any]:
     }
 
 
-def answer_probabilities(result: ChatResult, n: int) -> list[float] | None:
-    """P(answer = 1) for each of the n answers of a reply, from its token logprobs; None when unavailable.
-
-    The answers are the 0/1 characters of the `answers` array. For the token that wrote one, the
-    alternatives that differ from it only in that character (e.g. "1" vs "0", or ",1" vs ",0") give
-    P(1) / (P(1) + P(0)); an alternative missing from the top-N counts as 0, both missing is None.
-    """
+def reply_steps(result: ChatResult) -> tuple[list[TokenLogprob], int] | None:
+    """The reply's logprob steps and the text offset where the first one starts; None when the tokens do not
+    spell the reply (a prefill is fine: it is a prefix) or there are none."""
     steps = result.token_logprobs
     if not steps or result.text is None:
         return None
@@ -72,8 +68,21 @@ def answer_probabilities(result: ChatResult, n: int) -> list[float] | None:
         steps = steps[:-1]
         generated = "".join(step.token for step in steps)
     if not steps or not result.text.endswith(generated):
-        return None  # the tokens do not spell the reply (a prefill is fine: it is a prefix)
-    offset = len(result.text) - len(generated)
+        return None
+    return steps, len(result.text) - len(generated)
+
+
+def answer_probabilities(result: ChatResult, n: int) -> list[float] | None:
+    """P(answer = 1) for each of the n answers of a reply, from its token logprobs; None when unavailable.
+
+    The answers are the 0/1 characters of the `answers` array. For the token that wrote one, the
+    alternatives that differ from it only in that character (e.g. "1" vs "0", or ",1" vs ",0") give
+    P(1) / (P(1) + P(0)); an alternative missing from the top-N counts as 0, both missing is None.
+    """
+    aligned = reply_steps(result)
+    if aligned is None:
+        return None
+    steps, offset = aligned
     starts, position = [], offset
     for step in steps:
         starts.append(position)

@@ -29,7 +29,7 @@ import numpy as np
 from autointerp.llm.base import ChatResult, Status
 from autointerp.prompting import load_prompt
 from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, TestContext, register_scorer
-from autointerp.score.classify import TOP_LOGPROBS, one_line
+from autointerp.score.classify import TOP_LOGPROBS, one_line, reply_steps
 from autointerp.score.fuzzing import firing_positions, mark, random_positions
 from autointerp.score.metrics import auc
 
@@ -58,13 +58,11 @@ def parse_intruder(result: ChatResult, n: int) -> tuple[int | None, str | None]:
 def position_probabilities(result: ChatResult, n: int) -> list[float] | None:
     """P(text i is the intruder) for i = 1..n from the logprobs of the token that wrote the answer; None
     when unavailable (no logprobs, a prefilled answer, n > 9, or no digit among the alternatives)."""
-    steps, text = result.token_logprobs, result.text
-    if not steps or text is None or n > 9:
+    aligned = reply_steps(result)
+    if aligned is None or n > 9:
         return None
-    generated = "".join(step.token for step in steps)
-    if not text.endswith(generated):
-        return None
-    offset = len(text) - len(generated)
+    steps, offset = aligned
+    text = result.text or ""
     key = text.find('"intruder"')
     colon = text.find(":", key) if key >= 0 else -1
     index = next((i for i in range(colon + 1, len(text)) if text[i].isdigit()), -1) if colon >= 0 else -1
