@@ -38,8 +38,7 @@ def export_catalog(store: Store, sae_name: str | None, out: Path, fmt: str, expl
     chosen = choose_explanation_set(store, run.run_id, explainer_model)
     scorers: list[str] = []
     if chosen is not None:
-        scores = store.set_scores(run.run_id, *chosen.key)
-        scorers = sorted(scores["scorer"].dropna().unique().tolist())
+        scorers = store.set_scorers(run.run_id, *chosen.key)
     key = chosen.key if chosen else None
     if fmt == "parquet":
         n = store.export_catalog(run.run_id, out, key, scorers, n_contexts)

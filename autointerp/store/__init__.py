@@ -35,6 +35,8 @@ from autointerp.store.records import RunInfo  # noqa: E402
 #: DuckDB's buffer cap for whole-run scans (the leak check, report and export reads): beyond it DuckDB
 #: spills to its temp directory, so those scans cost the same memory at 16k and 1M features.
 SCAN_MEMORY_LIMIT = "128MB"
+#: Features per query of the parquet export (see `Store.export_catalog`).
+EXPORT_CHUNK_FEATURES = 4096
 
 
 def _open_error(path: Path, exc: Exception) -> UserError:
@@ -588,14 +590,33 @@ class Store:
             [run_id, LABEL_FREE_PREFIX],
         )
 
+    def set_scorers(self, run_id: str, explainer_model: str, prompt_hash: str, config_hash: str) -> list[str]:
+        """The scorers with at least one score for the set (what export needs to know, without loading the
+        scores and their details: at 65,536 features that frame alone was ~2 GB)."""
+        with self._lock:
+            rows = self.con.execute(
+                f"SELECT DISTINCT {_SCORER_SHOWN} FROM scores s JOIN explanations e ON e.explanation_id = s.explanation_id "
+                "WHERE e.run_id = ? AND e.explainer_model = ? AND e.prompt_hash = ? AND e.config_hash = ? "
+                "ORDER BY 1",
+                [run_id, explainer_model, prompt_hash, config_hash],
+            ).fetchall()
+        return [str(r[0]) for r in rows if r[0] is not None]
+
     def _catalog_query(
-        self, run_id: str, explanation_set: tuple[str, str, str] | None, scorers: Sequence[str], n_contexts: int
+        self,
+        run_id: str,
+        explanation_set: tuple[str, str, str] | None,
+        scorers: Sequence[str],
+        n_contexts: int,
+        features: tuple[int, int] = (0, 2**62),
     ) -> tuple[str, dict[str, Any]]:
-        """One row per feature of the run; see docs/parquet-schema.md. Score columns are per scorer."""
+        """One row per feature of the run with lo <= feature_id < hi (`features`); see docs/parquet-schema.md.
+        Score columns are per scorer."""
         model, prompt_hash, config_hash = explanation_set or ("", "", "")  # no set: no label rows match
         null_model, null_prompt, null_config = null_set_key((model, prompt_hash, config_hash))
         params: dict[str, Any] = {"run": run_id, "m": model, "p": prompt_hash, "c": config_hash, "k": n_contexts,
-                                  "nm": null_model, "np": null_prompt, "nc": null_config}
+                                  "nm": null_model, "np": null_prompt, "nc": null_config,
+                                  "lo": int(features[0]), "hi": int(features[1])}
         score_cols, null_cols = [], []
         for i, scorer in enumerate(scorers):
             col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
@@ -621,6 +642,7 @@ class Store:
             SELECT feature_id, explanation_id, status, explanation, explainer_model, prompt_name
             FROM explanations
             WHERE run_id = $run AND explainer_model = $m AND prompt_hash = $p AND config_hash = $c
+              AND feature_id >= $lo AND feature_id < $hi
         ), latest AS (
             SELECT s.feature_id, s.scorer, s.score, s.status, s.chance
             FROM scores s JOIN lab ON lab.explanation_id = s.explanation_id
@@ -633,30 +655,36 @@ class Store:
             SELECT s.feature_id, s.scorer, s.score, s.status
             FROM scores s JOIN explanations ne ON ne.explanation_id = s.explanation_id
             WHERE ne.run_id = $run AND ne.explainer_model = $nm AND ne.prompt_hash = $np AND ne.config_hash = $nc
+              AND ne.feature_id >= $lo AND ne.feature_id < $hi
             QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
                                        ORDER BY s.created_at DESC, s.score_id) = 1
         ), nl AS (
             SELECT feature_id{nl_select} FROM null_latest GROUP BY feature_id
         ), ranked AS (
-            SELECT e.feature_id, e.split, e.max_activation, {DENSE_ACTIVATIONS} AS activations, c.tokens,
-                   row_number() OVER (PARTITION BY e.feature_id
-                                      ORDER BY e.max_activation DESC, e.split, e.rank) AS pos
-            FROM examples e
-            JOIN runs r ON r.run_id = e.run_id
-            JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id
-            WHERE e.run_id = $run AND e.kind = 'top'
+            -- the k top examples per feature are chosen BEFORE the join with contexts, so only their
+            -- token lists are read (joining first read every top example's tokens: most of export's time)
+            SELECT feature_id, context_id, split, max_activation, act_positions, act_values,
+                   row_number() OVER (PARTITION BY feature_id ORDER BY max_activation DESC, split, rank) AS pos
+            FROM examples
+            WHERE run_id = $run AND kind = 'top' AND feature_id >= $lo AND feature_id < $hi
+            QUALIFY pos <= $k
         ), top AS (
-            SELECT feature_id,
-                   list({{'text': array_to_string(tokens, ''), 'tokens': tokens, 'activations': activations,
-                          'max_activation': max_activation, 'split': split}} ORDER BY pos) AS top_contexts
-            FROM ranked WHERE pos <= $k GROUP BY feature_id
+            SELECT e.feature_id,
+                   list({{'text': array_to_string(c.tokens, ''), 'tokens': c.tokens,
+                          'activations': {DENSE_ACTIVATIONS}, 'max_activation': e.max_activation,
+                          'split': e.split}} ORDER BY e.pos) AS top_contexts
+            FROM ranked e
+            JOIN runs r ON r.run_id = $run
+            JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id
+            GROUP BY e.feature_id
         ), lg AS (
             SELECT feature_id,
                    list({{'token': token, 'token_id': token_id, 'value': value}} ORDER BY rank)
                        FILTER (WHERE direction = 'promote') AS promoted_tokens,
                    list({{'token': token, 'token_id': token_id, 'value': value}} ORDER BY rank)
                        FILTER (WHERE direction = 'suppress') AS suppressed_tokens
-            FROM feature_logits WHERE run_id = $run GROUP BY feature_id
+            FROM feature_logits WHERE run_id = $run AND feature_id >= $lo AND feature_id < $hi
+            GROUP BY feature_id
         )
         SELECT r.sae_name, r.run_id, r.model, r.hook, f.feature_id,
                CASE WHEN lab.status = 'ok' THEN lab.explanation END AS label,
@@ -672,7 +700,7 @@ class Store:
         LEFT JOIN nl ON nl.feature_id = f.feature_id
         LEFT JOIN top ON top.feature_id = f.feature_id
         LEFT JOIN lg ON lg.feature_id = f.feature_id
-        WHERE f.run_id = $run
+        WHERE f.run_id = $run AND f.feature_id >= $lo AND f.feature_id < $hi
         ORDER BY f.feature_id
         """
         return sql, params
@@ -693,25 +721,45 @@ class Store:
         scorers: Sequence[str],
         n_contexts: int = 10,
     ) -> int:
-        """Write the catalog with DuckDB's COPY ... (FORMAT PARQUET); returns the number of rows.
+        """Write the catalog as parquet, EXPORT_CHUNK_FEATURES features per query; returns the number of rows.
 
-        Written to a temporary file beside `path` and renamed, so a failure never leaves half a file.
+        One query over the whole run held every feature's top contexts and score rows at once (2.6 GB at
+        65,536 features); per chunk of feature ids, memory depends on the chunk and the joins stay small.
+        The chunks go into one parquet file (zstd) through one Arrow writer, in feature order. Written to
+        a temporary file beside `path` and renamed, so a failure never leaves half a file.
         """
+        import pyarrow.parquet as pq
+
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
-        sql, params = self._catalog_query(run_id, explanation_set, scorers, n_contexts)
-        literal = str(tmp).replace("'", "''")  # COPY takes no parameter for the file name
+        with self._lock:
+            bounds = self.con.execute(
+                "SELECT min(feature_id), max(feature_id) FROM features WHERE run_id = ?", [run_id]
+            ).fetchall()[0]
+        lo, hi = (0, -1) if bounds[0] is None else (int(bounds[0]), int(bounds[1]))
+        n_rows = 0
+        writer = None
         try:
-            with self._lock:
-                self.con.execute(f"COPY ({sql}) TO '{literal}' (FORMAT PARQUET, COMPRESSION ZSTD)", params)
-                n_rows = self.con.execute(  # fetchall: a half-read result blocks the next register()
-                    f"SELECT count(*) FROM read_parquet('{literal}')"
-                ).fetchall()[0][0]
+            for start in range(lo, hi + 1, EXPORT_CHUNK_FEATURES) if hi >= lo else [0]:
+                sql, params = self._catalog_query(
+                    run_id, explanation_set, scorers, n_contexts, (start, start + EXPORT_CHUNK_FEATURES)
+                )
+                with self._lock:
+                    table = self.con.execute(sql, params).to_arrow_table()
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table.cast(writer.schema))
+                n_rows += table.num_rows
+            if writer is not None:
+                writer.close()
+                writer = None
             tmp.replace(target)
         finally:
+            if writer is not None:
+                writer.close()
             tmp.unlink(missing_ok=True)
-        return int(n_rows)
+        return n_rows
 
     # ------------------------------------------------------------------ helpers
     def _upsert_many(self, table: str, key: str, rows: Sequence[dict[str, Any]]) -> None:
