@@ -24,25 +24,29 @@ class BatchCodes:
 
 
 def encode_batch(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor) -> BatchCodes:
-    """Latent statistics of hook activations [B, T, d_in] with validity mask [B, T]."""
+    """Latent statistics of hook activations [B, T, d_in] with validity mask [B, T].
+
+    Only valid tokens go through the encoder (padding and position 0 are never counted, so encoding
+    them was ~3-6 % of the encoder's work thrown away)."""
     batch, width, _ = hidden.shape
     d_sae = sae.d_sae
-    pre = sae.pre_acts(hidden.reshape(batch * width, -1))
-    mask = valid.reshape(batch * width, 1).to(pre.device)
+    token = valid.reshape(-1).to(hidden.device).nonzero().squeeze(1)  # flat index of every counted token
+    row = token // width
+    pre = sae.pre_acts(hidden.reshape(batch * width, -1).index_select(0, token))
+    context_max = torch.zeros(batch * d_sae, dtype=torch.float32, device=pre.device)
     if sae.cfg.architecture == "topk":
         values, indices = pre.topk(int(sae.cfg.k), dim=-1)  # type: ignore[arg-type]
-        values = (torch.relu(values) * mask).to(torch.float32)
-        context_max = torch.zeros(batch, d_sae, dtype=torch.float32, device=pre.device)
-        context_max.scatter_reduce_(
-            1, indices.view(batch, -1), values.view(batch, -1), reduce="amax", include_self=True
-        )
+        values = torch.relu(values).to(torch.float32)
+        slots = (row[:, None] * d_sae + indices).reshape(-1)
+        context_max.scatter_reduce_(0, slots, values.reshape(-1), reduce="amax", include_self=True)
         fired = values > 0
-        tokens = torch.arange(batch * width, device=pre.device)[:, None].expand_as(indices)[fired]
-        return BatchCodes(context_max, indices[fired], values[fired], int(valid.sum()), tokens)
-    acts = (sae.activation(pre) * mask).to(torch.float32)
-    context_max = acts.view(batch, width, d_sae).amax(dim=1)
+        tokens = token[:, None].expand_as(indices)[fired]
+        return BatchCodes(context_max.view(batch, d_sae), indices[fired], values[fired], int(token.numel()), tokens)
+    acts = sae.activation(pre).to(torch.float32)
     rows, features = acts.nonzero(as_tuple=True)
-    return BatchCodes(context_max, features, acts[rows, features], int(valid.sum()), rows)
+    values = acts[rows, features]
+    context_max.scatter_reduce_(0, row[rows] * d_sae + features, values, reduce="amax", include_self=True)
+    return BatchCodes(context_max.view(batch, d_sae), features, values, int(token.numel()), token[rows])
 
 
 def token_activations(sae: SAE, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

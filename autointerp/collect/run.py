@@ -174,12 +174,13 @@ def run_collect(
 class ChunkedWriter:
     """Buffers pass 2's Arrow rows and commits them in transactions of about `chunk_rows` examples.
 
-    One transaction for everything would keep every uncommitted row in DuckDB's memory (about 400 MB
-    per million examples), so memory would grow with the selection; chunks keep it flat. Until
-    `finish_run` marks the run complete, readers ignore it (only complete runs are listed or resolved).
+    One transaction for everything would keep every uncommitted row in DuckDB's memory (about 40 MB
+    per million sparse examples), so memory would grow with the selection; chunks keep it flat. Each
+    commit costs a fixed flush, so chunks are large: 500k rows wrote 2.2 M examples twice as fast as
+    100k. Until `finish_run` marks the run complete, readers ignore it (only complete runs are listed).
     """
 
-    def __init__(self, store: Store, chunk_rows: int = 100_000) -> None:
+    def __init__(self, store: Store, chunk_rows: int = 500_000) -> None:
         self.store = store
         self.chunk_rows = chunk_rows
         self.examples: list[pa.Table] = []
