@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "train_sae",
     "collect",
     "evaluate",
+    "hard_negatives",
     "explain",
     "import_labels",
     "score",

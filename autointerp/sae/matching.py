@@ -87,3 +87,29 @@ def match_decoders(dec_a: torch.Tensor, dec_b: torch.Tensor, chunk: int = DEFAUL
     return FeatureMatch(
         best_b=best_b.numpy(), cos_a=cos_a.numpy(), best_a=best_a.numpy(), cos_b=cos_b.numpy()
     )
+
+
+@torch.no_grad()
+def decoder_neighbours(
+    dec: torch.Tensor, feature_ids: np.ndarray | list[int], n_neighbours: int, chunk: int = DEFAULT_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `n_neighbours` features of the same SAE whose decoder rows are closest in cosine to each of
+    `feature_ids` (itself excluded): (ids [n, m], cosines [n, m]), nearest first. Chunked over the
+    dictionary like `match_decoders`, so a 65k-wide SAE never builds the full similarity matrix."""
+    rows = unit_rows(dec)
+    ids = torch.as_tensor(np.asarray(feature_ids, dtype=np.int64))
+    m = min(int(n_neighbours), rows.shape[0] - 1)
+    if m < 1 or ids.numel() == 0:
+        return np.zeros((ids.numel(), 0), dtype=np.int64), np.zeros((ids.numel(), 0), dtype=np.float32)
+    best_val = torch.full((ids.numel(), m), -2.0)
+    best_idx = torch.zeros((ids.numel(), m), dtype=torch.long)
+    queries = rows[ids]
+    for j in range(0, rows.shape[0], chunk):
+        sims = queries @ rows[j : j + chunk].T
+        inside = ((ids >= j) & (ids < j + sims.shape[1])).nonzero(as_tuple=True)[0]
+        sims[inside, ids[inside] - j] = -3.0  # a feature is never its own neighbour
+        values = torch.cat([best_val, sims], dim=1)
+        indices = torch.cat([best_idx, torch.arange(j, j + sims.shape[1]).expand(ids.numel(), -1)], dim=1)
+        best_val, order = values.topk(m, dim=1)
+        best_idx = indices.gather(1, order)
+    return best_idx.numpy(), best_val.numpy()

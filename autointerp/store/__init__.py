@@ -277,6 +277,17 @@ class Store:
         if not examples.empty:
             self.add_examples_arrow(pa.Table.from_pandas(examples, preserve_index=False))
 
+    def replace_examples(self, run_id: str, feature_ids: Sequence[int], kind: str, examples: pd.DataFrame) -> None:
+        """Make the `kind` examples of `feature_ids` exactly `examples` (dense activations), in ONE transaction:
+        steps that add an example kind after collect (hard negatives) rerun without duplicates."""
+        with self.transaction():
+            with self._lock:
+                self.con.execute(
+                    "DELETE FROM examples WHERE run_id = ? AND kind = ? AND feature_id IN (SELECT UNNEST(?::INTEGER[]))",
+                    [run_id, kind, [int(f) for f in feature_ids]],
+                )
+            self.add_examples(examples)
+
     def features(self, run_id: str) -> pd.DataFrame:
         return self.query_df("SELECT * FROM features WHERE run_id = ? ORDER BY feature_id", [run_id])
 
