@@ -25,21 +25,13 @@ import pandas as pd
 import torch
 
 from autointerp.collect.encode import encode_batch
+from autointerp.collect.hard_negative_options import HardNegativeOptions
 from autointerp.models import LoadedModel, activations_at_hook, parse_hook
 from autointerp.sae.base import SAE
 from autointerp.sae.matching import decoder_neighbours
 from autointerp.store import RunInfo, Store
 
 HARD_NEGATIVE_KIND = "hard_negative"
-
-
-@dataclass(frozen=True)
-class HardNegativeOptions:
-    n_neighbours: int = 8  # nearest features by decoder cosine whose top contexts are candidates
-    per_feature: int = 20  # hard negatives kept per feature and split
-    neighbour_top: int = 10  # top contexts read per neighbour
-    batch_size: int = 32  # contexts per forward pass
-    chunk_features: int = 256  # features whose candidates are read and encoded together
 
 
 @dataclass

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from autointerp.collect.hard_negatives import HardNegativeOptions
+    from autointerp.collect.hard_negative_options import HardNegativeOptions
 
     d = HardNegativeOptions()
     parser = subparsers.add_parser(
