@@ -26,6 +26,7 @@ from autointerp import __version__
 from autointerp.errors import UserError
 from autointerp.report import stats, svg
 from autointerp.report.data import ExplanationSet, RunData, explanation_sets, load_run, threshold_for
+from autointerp.report.findings import findings
 from autointerp.report.matching import DEFAULT_MATCH_THRESHOLD, MatchingResult, match_arms
 from autointerp.report.null import baseline_for
 from autointerp.report.templates import read_asset, render_html, render_markdown
@@ -227,6 +228,27 @@ def build_plots(arms: list[Arm], summary: pd.DataFrame) -> list[dict[str, Any]]:
     return plots
 
 
+def _example_matches(arms: list[Arm], matching: MatchingResult | None, n: int = 12) -> list[dict[str, Any]]:
+    """The most similar mutual matches per SAE pair, with both labels (the pairs a reader can check)."""
+    if matching is None or matching.features.empty:
+        return []
+    labels = {}
+    for a in arms:
+        ex = a.data.explanations
+        ok = ex[ex["status"] == "ok"] if "status" in ex.columns else ex
+        labels[a.label] = dict(zip(ok["feature_id"].astype(int), ok["explanation"].astype(str), strict=True))
+    rows = []
+    for (name_a, name_b), block in matching.features.groupby(["a", "b"], sort=False):
+        block = block[block["mutual"].astype(bool)].sort_values("cosine", ascending=False)
+        known_a, known_b = set(labels.get(name_a, {})), set(labels.get(name_b, {}))
+        labelled = block[block["feature_a"].astype(int).isin(known_a) | block["feature_b"].astype(int).isin(known_b)]
+        for r in pd.concat([labelled, block]).drop_duplicates(["feature_a", "feature_b"]).head(n).itertuples():
+            rows.append({"a": name_a, "b": name_b, "feature_a": int(r.feature_a), "feature_b": int(r.feature_b),
+                         "cosine": float(r.cosine), "label_a": labels.get(name_a, {}).get(int(r.feature_a), ""),
+                         "label_b": labels.get(name_b, {}).get(int(r.feature_b), "")})
+    return rows
+
+
 def build_compare(db_paths: list[str], sae_names: list[str] | None, out: Path, options: CompareOptions) -> CompareResult:
     arms = load_arms(db_paths, sae_names, options)
     summary = summarize(arms, options)
@@ -244,8 +266,11 @@ def build_compare(db_paths: list[str], sae_names: list[str] | None, out: Path, o
             "label": a.label, "run": a.data.run, "db": a.db_path, "explainer": es.name if es else "none",
             "n_labelled": es.n_ok if es else 0, "metrics": [metrics.get(k) for k in metric_keys],
         })
+    words = findings(summary, pairs, matching, sae_rows, metric_keys)
     context = {
         "title": "autointerp SAE comparison",
+        "findings": words,
+        "example_matches": _example_matches(arms, matching),
         "arms": sae_rows,
         "metric_keys": metric_keys,
         "summary": summary.to_dict("records"),
