@@ -356,23 +356,32 @@ def test_cli_collect_and_bad_input(tmp_path: Path, tiny_model_dir: Path, capsys:
     assert table_counts(db)["runs"] == 1
 
 
-# --------------------------------------------------------------------------- distributed (issue 6)
-def test_distributed_two_ranks_equal_single_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+# --------------------------------------------------------------------------- distributed (issue 6, 13.3)
+def _distributed_inputs(tmp_path: Path, tiny_model_dir: Path) -> tuple[list[str], dict[str, str], Path]:
+    """Collect args, env, and a single-process reference workspace (recomputing pass 2, no spill)."""
     sae_dir = make_sae_dir(tmp_path / "sae", d_sae=48)
     common = ["--model", str(tiny_model_dir), "--hook", "layers.1", "--sae", str(sae_dir), "--tokens", "2500",
               "--ctx-len", "32", "--top-k", "6", "--random-k", "6", "--nonactivating-k", "3", "--batch-size", "8",
               "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    single, multi = tmp_path / "single.duckdb", tmp_path / "multi.duckdb"
+    single = tmp_path / "single.duckdb"
     subprocess.run([sys.executable, "-m", "autointerp", "collect", *common, "--db", str(single), "--spill-gb", "0"],
                    check=True, env=env, cwd=tmp_path, capture_output=True, timeout=600)
+    return common, env, single
+
+
+def _torchrun(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "autointerp.collect.distributed", *common, "--db", str(multi)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(2 ranks)" in result.stdout
+    assert not list(tmp_path.glob(".autointerp-spill-*"))  # rank 0 deleted the shared spill folder
+    return result
+
+
+def _assert_same_run(single: Path, multi: Path) -> None:
     with Store(single, read_only=True) as a, Store(multi, read_only=True) as b:
         ra, rb = a.resolve_run(None), b.resolve_run(None)
         assert ra.run_id == rb.run_id and ra.n_tokens == rb.n_tokens > 2400
@@ -380,7 +389,8 @@ def test_distributed_two_ranks_equal_single_process(tmp_path: Path, tiny_model_d
         assert len(ea) == len(eb) > 0
         keys = ["feature_id", "split", "kind", "rank", "context_id"]
         assert ea[keys].equals(eb[keys])
-        assert np.array_equal(np.concatenate(ea["activations"].to_numpy()), np.concatenate(eb["activations"].to_numpy()))
+        np.testing.assert_allclose(np.concatenate(ea["activations"].to_numpy()),
+                                   np.concatenate(eb["activations"].to_numpy()), rtol=1e-5, atol=1e-6)
         fa, fb = a.features(ra.run_id), b.features(rb.run_id)
         for column in ("firing_count", "max_activation", "density"):
             assert fa[column].equals(fb[column])
@@ -389,6 +399,30 @@ def test_distributed_two_ranks_equal_single_process(tmp_path: Path, tiny_model_d
         ca = a.query_df("SELECT * FROM contexts ORDER BY context_id")
         cb = b.query_df("SELECT * FROM contexts ORDER BY context_id")
         assert ca["context_id"].equals(cb["context_id"])
+
+
+def test_distributed_two_ranks_equal_single_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Two gloo ranks through `autointerp collect --distributed` (the same run_collect, sharded): pass 2 reads
+    both ranks' spilled codes (--spill-gb is honoured) and the store equals a single-process recomputing run."""
+    common, env, single = _distributed_inputs(tmp_path, tiny_model_dir)
+    multi = tmp_path / "multi.duckdb"
+    result = _torchrun(tmp_path, env, "-m", "autointerp", "collect", "--distributed", *common, "--db", str(multi))
+    assert "spilled (2 part(s))" in result.stderr
+    _assert_same_run(single, multi)
+
+
+@pytest.mark.slow  # a second torchrun launch (~30 s on 2 busy cores)
+def test_distributed_spill_over_its_limit_recomputes_and_still_equals_single_process(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """--spill-gb bounds all ranks' parts together: a tiny limit makes the ranks stop spilling, the writer
+    learns it and recomputes pass 2 (module entry point `-m autointerp.collect.distributed`)."""
+    common, env, single = _distributed_inputs(tmp_path, tiny_model_dir)
+    multi = tmp_path / "multi.duckdb"
+    result = _torchrun(tmp_path, env, "-m", "autointerp.collect.distributed", *common, "--spill-gb", "1e-6",
+                       "--db", str(multi))
+    assert "passed the spill limit" in result.stderr and "spilled (" not in result.stderr
+    _assert_same_run(single, multi)
 
 
 def test_spilled_codes_equal_recomputation_and_limit_falls_back(

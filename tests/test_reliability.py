@@ -86,7 +86,7 @@ def test_kill_9_mid_pass1_leaves_a_spill_that_the_next_collect_removes(tmp_path:
     kill_when(
         proc,
         lambda: any(
-            (s / "codes.bin").exists() and (s / "codes.bin").stat().st_size > 0 for s in spills(tmp_path)
+            (s / "codes.0.bin").exists() and (s / "codes.0.bin").stat().st_size > 0 for s in spills(tmp_path)
         ),
     )
     left = spills(tmp_path)

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +28,7 @@ from autointerp.collect.pass1 import Pass1Timing, run_pass1
 from autointerp.collect.pass2 import Sink, run_pass2
 from autointerp.collect.rows import feature_table
 from autointerp.collect.selection import select
+from autointerp.collect.shard import Shard
 from autointerp.collect.spill import CodeSpill, SpillReader
 from autointerp.collect.spill_owner import remove_orphaned_spills
 from autointerp.collect.state import CollectState
@@ -45,14 +47,18 @@ DUCKDB_MEMORY_LIMIT = "128MB"  # while writing; see ChunkedWriter
 
 @dataclass
 class CollectOutcome:
-    run: RunInfo
-    summary: CollectSummary
+    """What a collect did. `run` and `summary` are None only on a rank that does not write."""
+
+    run: RunInfo | None
+    summary: CollectSummary | None
     pass1: Pass1Timing | None = None
 
 
 def collect(config: CollectConfig, store: Store, lm: LoadedModel | None = None, sae: SAE | None = None) -> RunInfo:
     """Run collect (or skip it when this exact run is already stored); returns the stored run."""
-    return run_collect(config, store, lm=lm, sae=sae).run
+    run = run_collect(config, store, lm=lm, sae=sae).run
+    assert run is not None  # one process always writes
+    return run
 
 
 def versions() -> dict[str, str]:
@@ -123,44 +129,70 @@ def new_state(config: CollectConfig, sae: SAE, device: torch.device) -> CollectS
 
 def run_collect(
     config: CollectConfig,
-    store: Store,
+    store: Store | None,
     lm: LoadedModel | None = None,
     sae: SAE | None = None,
     measure_baseline: bool = False,
     on_phase: Callable[[str], None] | None = None,
+    shard: Shard | None = None,
 ) -> CollectOutcome:
-    """`collect` with its summary and timings. `measure_baseline` also times a bare forward per batch
-    (for `bench collect`); `on_phase` is called with 'pass1' and 'pass2' as each pass starts."""
+    """`collect` with its summary and timings: the one collect path, for one process or one rank of many.
+
+    `shard` (default: the whole run here) says which batches this process takes and how its pass-1
+    state merges with the others' (see `shard`); only the writing process needs `store` and returns a
+    run and a summary. `measure_baseline` also times a bare forward per batch (for `bench collect`);
+    `on_phase` is called with 'pass1' and 'pass2' as each pass starts."""
+    shard = shard or Shard()
+    if shard.writes and store is None:
+        raise ValueError("the writing process of a collect needs the store")
     start = time.perf_counter()
     preflight(config, check_sae_files=sae is None)
-    remove_orphaned_spills(store.path.parent)
     fingerprint = sae_fingerprint(config.sae)
     config_hash = config.config_hash(fingerprint)
-    done, replace_run_id = _check_existing(config, store, config_hash)
-    if done is not None:
-        log.info("%s is already collected with this config (run %s); skipping", config.name, done.run_id)
-        summary = CollectSummary(config.name, done.d_sae, 0, 0, 0, config.dense_threshold, done.n_tokens or 0, 0,
-                                 0, 0, 0, 0.0, 0.0, 0.0, skipped=True)
-        return CollectOutcome(done, summary)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    decision, error = _decide(config, store, config_hash) if shard.writes else (("run", None), None)
+    kind, payload = shard.share(decision)  # every rank runs, skips or stops together
+    if error is not None:
+        raise error
+    if kind == "error":
+        raise UserError(*payload)
+    if kind == "skip":
+        log.info("%s is already collected with this config (run %s); skipping", config.name, payload.run_id)
+        summary = CollectSummary(config.name, payload.d_sae, 0, 0, 0, config.dense_threshold, payload.n_tokens or 0,
+                                 0, 0, 0, 0, 0.0, 0.0, 0.0, skipped=True)
+        return CollectOutcome(payload, summary)
+    if config.threads is not None or shard.world == 1:  # under torchrun: torchrun's OMP_NUM_THREADS per rank
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
     lm, point, sae = load_inputs(config, lm, sae)
     spec = config.corpus_spec()
     stream = ContextStream(spec, lm.tokenizer)
     state = new_state(config, sae, lm.device)
-    spill = CodeSpill(store.path.parent, int(config.spill_gb * 2**30)) if config.spill_gb > 0 else None
+    spill = _open_spill(config, store, shard)
     try:
         if on_phase is not None:
             on_phase("pass1")
         pass1_start = time.perf_counter()
-        timing = run_pass1(lm, point, sae, stream, state, config.batch_size, progress=config.progress,
-                           measure_baseline=measure_baseline, spill=spill)
+        timing = run_pass1(lm, point, sae, stream, state, config.batch_size, shard=(shard.rank, shard.world),
+                           progress=config.progress, measure_baseline=measure_baseline, spill=spill)
+        shard.merge(state)
         pass1_seconds = time.perf_counter() - pass1_start
-        reader = spill.reader(sae.d_sae) if spill is not None else None
+        if spill is not None:
+            spill.close()  # flushed before the writer reads this part
+        spilled = shard.gather(spill is not None and spill.active)
+        if not shard.writes:
+            return CollectOutcome(None, None, timing)
+        assert store is not None
+        reader = None
+        if spill is not None and all(spilled):
+            reader = spill.reader(sae.d_sae, parts=shard.world)
+            log.info("pass 2 reads the SAE codes that pass 1 spilled (%d part(s)) instead of rerunning the model",
+                     shard.world)
+        elif spill is not None:
+            log.info("a rank did not spill all its SAE codes; pass 2 recomputes the selected contexts")
         if on_phase is not None:
             on_phase("pass2")
         try:
             outcome = write_run(config, store, lm, point, sae, stream, state, config_hash, fingerprint,
-                                replace_run_id, start, pass1_seconds, spill=reader)
+                                replace_run_id=payload, start=start, pass1_seconds=pass1_seconds, spill=reader)
         finally:
             if reader is not None:
                 reader.close()
@@ -169,6 +201,37 @@ def run_collect(
             spill.cleanup()
     outcome.pass1 = timing
     return outcome
+
+
+def _decide(
+    config: CollectConfig, store: Store, config_hash: str
+) -> tuple[tuple[str, Any], UserError | None]:
+    """The writer's decision, in a form every rank can receive: ('skip', stored run), ('run', run_id to
+    replace or None) or ('error', (problem, hint)), plus the error itself to raise here."""
+    remove_orphaned_spills(store.path.parent)
+    try:
+        done, replace_run_id = _check_existing(config, store, config_hash)
+    except UserError as exc:
+        return ("error", (exc.problem, exc.hint)), exc
+    return (("skip", done) if done is not None else ("run", replace_run_id)), None
+
+
+def _open_spill(config: CollectConfig, store: Store | None, shard: Shard) -> CodeSpill | None:
+    """The writer creates (and owns) the spill folder next to the workspace; every other rank writes its
+    part into it when it can see it (same machine or a shared filesystem), else pass 2 recomputes.
+    --spill-gb bounds all ranks' parts together."""
+    if config.spill_gb <= 0:
+        return None
+    limit = int(config.spill_gb * 2**30 / shard.world)
+    spill = CodeSpill(store.path.parent, limit) if store is not None and shard.writes else None
+    directory = shard.share(str(spill.directory) if spill is not None else None)
+    if spill is None and directory is not None:
+        if Path(directory).is_dir():
+            spill = CodeSpill(None, limit, part=shard.rank, directory=Path(directory))
+        else:
+            log.info("rank %d cannot see the spill folder %s (another machine?); pass 2 recomputes instead",
+                     shard.rank, directory)
+    return spill
 
 
 class ChunkedWriter:
@@ -223,7 +286,7 @@ def write_run(
     pass1_seconds: float,
     spill: SpillReader | None = None,
 ) -> CollectOutcome:
-    """Pass 2 and every write of the run (the part rank 0 does in distributed runs).
+    """Pass 2 and every write of the run (only the writing process of a sharded run does this).
 
     The run row is committed first with status 'running', then corpus, contexts and examples in
     chunked transactions, then features and the status 'complete' in a final one. Any exception

@@ -8,6 +8,10 @@ with k = 32 writes 320 bytes per token) and, at offset 16 x context_id of an ind
 id order). Pass 2 reads back the selected contexts only. RAM stays O(batch); disk grows with the corpus, so the spill stops and is
 deleted once it passes `limit_bytes`, and pass 2 then falls back to recomputing. The values read back
 are exactly pass 1's, so an example's stored max equals the activation it was ranked by.
+
+Distributed runs (see `shard`): the writing rank creates and owns the folder; every rank writes its own
+part (`codes.R.bin`, `index.R.bin`) into it, and pass 2 reads a context from whichever part holds it
+(a context is computed by exactly one rank; the other parts' index entries for it are empty).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -29,13 +34,22 @@ log = logging.getLogger(__name__)
 ENTRY = np.dtype([("position", "<i2"), ("feature", "<i4"), ("value", "<f4")])
 
 
+def _part_files(directory: Path, part: int) -> tuple[Path, Path]:
+    return directory / f"codes.{part}.bin", directory / f"index.{part}.bin"
+
+
 class CodeSpill:
-    def __init__(self, parent: Path | None, limit_bytes: int) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=parent))
-        self._owner = claim(self.directory)  # see spill_owner: a kill -9 leaves it for the next collect
+    def __init__(self, parent: Path | None, limit_bytes: int, part: int = 0, directory: Path | None = None) -> None:
+        """A new spill folder in `parent`, owned (and at the end deleted) by this process; or, with
+        `directory`, part `part` of a folder another process owns (a non-writing rank)."""
+        self.owned = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=parent)) if directory is None else directory
+        # see spill_owner: a kill -9 leaves the folder for the next collect to remove
+        self._owner = claim(self.directory) if self.owned else None
         self.limit_bytes = limit_bytes
-        self._data = (self.directory / "codes.bin").open("wb")
-        self._index = (self.directory / "index.bin").open("wb")
+        data, index = _part_files(self.directory, part)
+        self._data = data.open("wb")
+        self._index = index.open("wb")
         self.entries = 0
         self.active = True
 
@@ -80,38 +94,49 @@ class CodeSpill:
                 handle.close()
 
     def cleanup(self) -> None:
+        """Close this part; the owner also deletes the folder (after every part's reader is done)."""
         self.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self._owner.close()  # after the folder is gone, so no cleaner sees it unlocked
+        if self._owner is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self._owner.close()  # after the folder is gone, so no cleaner sees it unlocked
 
-    def reader(self, d_sae: int) -> SpillReader | None:
+    def reader(self, d_sae: int, parts: int = 1) -> SpillReader | None:
+        """A reader over parts 0..parts-1 (every rank's), or None when this part stopped spilling."""
         self.close()
-        return SpillReader(self.directory, d_sae) if self.active else None
+        return SpillReader(self.directory, d_sae, parts) if self.active else None
 
 
 class SpillReader:
-    def __init__(self, directory: Path, d_sae: int) -> None:
+    def __init__(self, directory: Path, d_sae: int, parts: int = 1) -> None:
         self.d_sae = d_sae
-        self._data = (directory / "codes.bin").open("rb")
-        self._index = (directory / "index.bin").open("rb")
+        files = [_part_files(directory, part) for part in range(parts)]
+        self._parts = [(data.open("rb"), index.open("rb")) for data, index in files]
 
-    def _bounds(self, context_id: int) -> tuple[int, int]:
-        self._index.seek(context_id * 16)
-        raw = np.frombuffer(self._index.read(16), dtype="<i8")
-        return int(raw[0]), int(raw[1])
+    @staticmethod
+    def _bounds(index: IO[bytes], context_id: int) -> tuple[int, int]:
+        index.seek(context_id * 16)
+        raw = index.read(16)
+        if len(raw) < 16:  # past the end of this part's index: another part holds the context
+            return 0, 0
+        start, end = np.frombuffer(raw, dtype="<i8")
+        return int(start), int(end)
 
     def entries(self, context_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each entry in `context_ids`, the entries) for the given contexts, as pass 1 spilled them."""
         parts, rows = [], []
         for row, context_id in enumerate(context_ids.tolist()):
-            start, end = self._bounds(int(context_id))
-            self._data.seek(start * ENTRY.itemsize)
-            parts.append(np.frombuffer(self._data.read((end - start) * ENTRY.itemsize), dtype=ENTRY))
-            rows.append(np.full(end - start, row, dtype=np.int64))
+            for data, index in self._parts:  # unwritten index entries read as (0, 0): no entries there
+                start, end = self._bounds(index, int(context_id))
+                if end == start:
+                    continue
+                data.seek(start * ENTRY.itemsize)
+                parts.append(np.frombuffer(data.read((end - start) * ENTRY.itemsize), dtype=ENTRY))
+                rows.append(np.full(end - start, row, dtype=np.int64))
         if not parts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=ENTRY)
         return np.concatenate(rows), np.concatenate(parts)
 
     def close(self) -> None:
-        self._data.close()
-        self._index.close()
+        for data, index in self._parts:
+            data.close()
+            index.close()

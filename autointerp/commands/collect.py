@@ -49,7 +49,7 @@ def _handle(args: argparse.Namespace) -> int:
     if args.distributed:
         from autointerp.collect.distributed import run_distributed
 
-        return run_distributed(args)
+        return run_distributed(config_from_args(args), args.db)
     from autointerp.collect import run_collect
     from autointerp.collect.run import preflight
     from autointerp.errors import UserError
