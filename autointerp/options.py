@@ -33,10 +33,12 @@ def option(
     aliases: Sequence[str] = (),
     choices: Sequence[Any] | None = None,
     cli: bool = True,
+    off_help: str | None = None,
 ) -> Any:
     """A dataclass field with its CLI flag. `hashed=False`: the setting changes how a run goes (speed,
     logging, retries), not what it stores, so it stays out of the config hash and a rerun that only
-    changes it is not new work. `cli=False`: a Python-only setting, no flag."""
+    changes it is not new work. `cli=False`: a Python-only setting, no flag. `off_help`: the help of a
+    `--no-name` switch (default: "no " + help)."""
     meta = {
         _KEY: {
             "help": help,
@@ -45,6 +47,7 @@ def option(
             "aliases": tuple(aliases),
             "choices": tuple(choices) if choices is not None else None,
             "cli": cli,
+            "off_help": off_help,
         }
     }
     return dataclasses.field(default=default, metadata=meta)
@@ -52,7 +55,16 @@ def option(
 
 def _meta(f: Field) -> dict[str, Any]:
     return f.metadata.get(
-        _KEY, {"help": "", "hashed": True, "flag": None, "aliases": (), "choices": None, "cli": True}
+        _KEY,
+        {
+            "help": "",
+            "hashed": True,
+            "flag": None,
+            "aliases": (),
+            "choices": None,
+            "cli": True,
+            "off_help": None,
+        },
     )
 
 
@@ -106,11 +118,13 @@ def flags(cls: type) -> list[Flag]:
             name = meta["flag"] or (f"--no-{dashed}" if negate else f"--{dashed}")
             kwargs.update(
                 action="store_false" if negate else "store_true",
-                help=f"no {help_text}" if negate else help_text,
+                help=(meta.get("off_help") or f"no {meta['help']}").replace("%", "%%")
+                if negate
+                else help_text,
             )
         else:
             name = meta["flag"] or f"--{dashed}"
-            kwargs.update(type=kind, help=help_text)
+            kwargs.update(type=kind, help=help_text, metavar=name.lstrip("-").replace("-", "_").upper())
             if default is MISSING:
                 kwargs["required"] = True
             else:

@@ -120,3 +120,42 @@ def test_building_the_cli_does_not_import_torch() -> None:
     code = "import sys, autointerp.cli as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_explain_flags_come_from_explain_config_and_retries_is_not_keyed() -> None:
+    from autointerp.commands.explain import config_from_args as explain_config
+    from autointerp.explain.config import ExplainConfig
+
+    parser = build_parser()
+    sub = parser.commands["explain"]
+    assert {name for flag in flags(ExplainConfig) for name in flag.names} <= sub.flags
+    assert len(flags(ExplainConfig)) == len(dataclasses.fields(ExplainConfig))
+    assert explain_config(parser.parse_args(["explain", "--db", "w.duckdb"])) == ExplainConfig()
+    args = parser.parse_args(["explain", "--db", "w", "--n-top", "3", "--show-activations", "--retries", "7",
+                              "--prompt", "explain_v1", "--temperature", "0.5"])  # fmt: skip
+    config = explain_config(args)
+    assert (config.n_top, config.show_activations, config.retries, config.prompt, config.temperature) == (
+        3, True, 7, "explain_v1", 0.5)  # fmt: skip
+    assert dataclasses.replace(config, retries=0).hash == config.hash
+    assert dataclasses.replace(config, window=3).hash != config.hash
+
+
+def test_score_flags_come_from_score_config_with_their_old_names() -> None:
+    from autointerp.commands.score import config_from_args as score_config
+    from autointerp.score.config import SELECTION_FIELDS, ScoreConfig
+
+    parser = build_parser()
+    old_flags = {"--n-test", "--n-top", "--n-quantiles", "--nonactivating-ratio", "--contexts-per-request",
+                 "--batch-size", "--fuzz-mismarked", "--negatives", "--intruder-n", "--intruder-rounds",
+                 "--no-intruder-highlight", "--temperature", "--seed", "--explainer-model", "--source",
+                 "--explanation-prompt"}  # fmt: skip
+    assert old_flags <= parser.commands["score"].flags
+    assert score_config(parser.parse_args(["score", "--db", "w"])) == ScoreConfig()
+    args = parser.parse_args(["score", "--db", "w", "--n-test", "1", "--batch-size", "3", "--source", "neuronpedia",
+                              "--no-intruder-highlight", "--negatives", "hard"])  # fmt: skip
+    config = score_config(args)
+    assert (config.n_activating, config.n_top, config.classify_batch_size, config.explainer_model) == (
+        1, 1, 3, "neuronpedia")  # fmt: skip  # --n-top is capped at --n-test
+    assert config.intruder_highlight is False and config.negatives == "hard"
+    assert SELECTION_FIELDS == ("explainer_model", "explanation_prompt")
+    assert "N_TEST" in parser.commands["score"].format_usage()  # the metavar follows the flag, not the field

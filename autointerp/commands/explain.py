@@ -9,8 +9,8 @@ import asyncio
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autointerp.explain.config import ExplainConfig
     from autointerp.llm import add_llm_arguments
+    from autointerp.options import add_arguments
 
-    defaults = ExplainConfig()
     parser = subparsers.add_parser(
         "explain",
         help="write a label for every live feature (resumable)",
@@ -24,19 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", default=None,
                         help="subset: ids and ranges (1,5,9 or 0-99), top:N (densest N), random:N or middle:N (seeded)")
     parser.add_argument("--retry-failed", action="store_true", help="also redo replies that did not parse/validate")
-    parser.add_argument("--prompt", default=defaults.prompt, help="template name under prompts/ (default %(default)s)")
-    parser.add_argument("--n-top", type=int, default=defaults.n_top, help="top examples shown (default %(default)s)")
-    parser.add_argument("--n-quantile", type=int, default=defaults.n_quantile,
-                        help="examples across the activation range (default %(default)s)")
-    parser.add_argument("--window", type=int, default=defaults.window,
-                        help="tokens kept around each example's peak; 0 = whole context (default %(default)s)")
-    parser.add_argument("--show-activations", action="store_true", help="write each span's 0-10 activation")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
-                        help="completion budget per label (default %(default)s)")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed and random:N seed")
-    parser.add_argument("--retries", type=int, default=defaults.retries,
-                        help="extra attempts after a reply that does not parse (default %(default)s)")
+    add_arguments(parser, ExplainConfig)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=handle)
 
@@ -44,13 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):  # -> ExplainConfig
     from autointerp.errors import UserError
     from autointerp.explain.config import ExplainConfig
+    from autointerp.options import from_args
 
     try:
-        return ExplainConfig(
-            n_top=args.n_top, n_quantile=args.n_quantile, window=args.window,
-            show_activations=args.show_activations, max_tokens=args.max_tokens, temperature=args.temperature,
-            seed=args.seed, retries=args.retries, prompt=args.prompt,
-        )
+        return from_args(ExplainConfig, args)
     except ValueError as exc:
         raise UserError(str(exc), "see `autointerp explain --help` for the allowed values") from exc
 

@@ -11,10 +11,10 @@ ALL_SCORERS = "simulation,detection,fuzzing,embedding"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autointerp.llm import add_llm_arguments
+    from autointerp.options import add_arguments
     from autointerp.score.config import ScoreConfig
     from autointerp.score.null import DEFAULT_NULL_SAMPLE
 
-    d = ScoreConfig()
     parser = subparsers.add_parser(
         "score",
         help="score explanations: simulation, detection, fuzzing, embedding; intruder (no label) (resumable)",
@@ -30,37 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_llm_arguments(parser)
     parser.add_argument("--features", default=None, help="subset: ids and ranges (1,5,9 or 0-99), top:N, random:N or middle:N")
     parser.add_argument("--retry-failed", action="store_true", help="redo scores stored with a failure status")
-    parser.add_argument("--explainer-model", "--source", dest="explainer_model", default=None,
-                        help="score only labels written by this explainer model, or imported under this --source")
-    parser.add_argument("--explanation-prompt", default=None, help="score only labels written with this prompt")
-    parser.add_argument("--n-test", type=int, default=d.n_activating,
-                        help="activating test contexts per feature (default %(default)s); non-activating: "
-                        "--nonactivating-ratio x as many")
-    parser.add_argument("--n-top", type=int, default=d.n_top, help="of which from the top examples (default %(default)s)")
-    parser.add_argument("--n-quantiles", type=int, default=d.n_quantiles,
-                        help="activation quantile bins the rest is spread over (default %(default)s)")
-    parser.add_argument("--nonactivating-ratio", type=float, default=d.nonactivating_ratio,
-                        help="non-activating per activating context (default %(default)s)")
-    parser.add_argument("--contexts-per-request", type=int, default=d.simulation_contexts_per_request,
-                        help="simulation: contexts after one shared prefix per request (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d.classify_batch_size,
-                        help="detection/fuzzing: contexts per request (default %(default)s)")
-    parser.add_argument("--fuzz-mismarked", type=float, default=d.fuzz_mismarked_fraction,
-                        help="fuzzing: fraction of activating contexts shown with wrong marks (default %(default)s)")
-    parser.add_argument("--negatives", choices=["random", "hard"], default=d.negatives,
-                        help="negatives shown to detection/fuzzing/simulation/embedding and the intruder's intruders: "
-                        "random non-activating contexts, or hard ones (top contexts of neighbour features by decoder "
-                        "cosine that do not fire this feature; collect stores them); enters the score key "
-                        "(default %(default)s)")
-    parser.add_argument("--intruder-n", type=int, default=d.intruder_n_activating,
-                        help="intruder: activating contexts shown beside the one intruder (default %(default)s; "
-                        "chance 1/(n+1))")
-    parser.add_argument("--intruder-rounds", type=int, default=d.intruder_rounds,
-                        help="intruder: questions per feature, each with other contexts (default %(default)s)")
-    parser.add_argument("--no-intruder-highlight", dest="intruder_highlight", action="store_false",
-                        help="intruder: show the contexts without marking the tokens the feature fires on")
-    parser.add_argument("--temperature", type=float, default=d.temperature)
-    parser.add_argument("--seed", type=int, default=d.seed, help="context sampling, shuffles and fuzz marks")
+    add_arguments(parser, ScoreConfig)
     parser.add_argument("--null-sample", type=int, default=DEFAULT_NULL_SAMPLE,
                         help="features per label set scored again with a shuffled label (another feature's "
                         "label), the baseline every score is read against (default: all scored, up to "
@@ -69,10 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=handle)
 
 
+def config_from_args(args: argparse.Namespace):  # -> ScoreConfig
+    from autointerp.options import from_args
+    from autointerp.score.config import ScoreConfig
+
+    return from_args(ScoreConfig, args, n_top=min(args.n_top, args.n_activating))
+
+
 def handle(args: argparse.Namespace) -> int:
     from autointerp.errors import UserError
     from autointerp.llm import client_from_args
-    from autointerp.score import ScoreConfig, ascore_features, get_scorer_class
+    from autointerp.score import ascore_features, get_scorer_class
     from autointerp.score.null import ensure_null_sets
     from autointerp.store import Store
     from autointerp.store.sets import NULL_MODEL
@@ -81,15 +58,7 @@ def handle(args: argparse.Namespace) -> int:
     if not scorers:
         raise UserError("--scorers is empty", f"pass e.g. --scorers {ALL_SCORERS}")
     needs_client = any(get_scorer_class(s).needs_client for s in scorers)  # unknown names fail here
-    config = ScoreConfig(
-        n_activating=args.n_test, n_top=min(args.n_top, args.n_test), n_quantiles=args.n_quantiles,
-        nonactivating_ratio=args.nonactivating_ratio, seed=args.seed, temperature=args.temperature,
-        simulation_contexts_per_request=args.contexts_per_request, classify_batch_size=args.batch_size,
-        fuzz_mismarked_fraction=args.fuzz_mismarked, explainer_model=args.explainer_model,
-        explanation_prompt=args.explanation_prompt, negatives=args.negatives,
-        intruder_n_activating=args.intruder_n, intruder_rounds=args.intruder_rounds,
-        intruder_highlight=args.intruder_highlight,
-    )
+    config = config_from_args(args)
     import logging
 
     if not getattr(args, "verbose", False):

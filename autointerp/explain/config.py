@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from autointerp.hashing import short_hash
-
-#: Fields that only change how hard we try, not what a successful reply means; left out of the key
-#: so that raising --retries does not redo finished work.
-_NOT_KEYED = ("retries",)
+from autointerp.options import hashed_values, option
 
 
 @dataclass(frozen=True)
@@ -19,15 +16,18 @@ class ExplainConfig:
     each trimmed to 16 tokens around its peak, already say most of what 40 full 32-token windows say.
     """
 
-    n_top: int = 10                 # top-activating explain-split examples shown
-    n_quantile: int = 10            # 'random' examples picked at evenly spaced ranks of their max activation
-    window: int = 16                # tokens kept around each example's peak (3/4 before it); 0 = whole context
-    show_activations: bool = False  # append each marked span's activation on a 0-10 scale
-    max_tokens: int = 96            # completion budget; a label is one short sentence
-    temperature: float = 0.0
-    seed: int = 0
-    retries: int = 2                # extra attempts after a reply that does not parse or validate
-    prompt: str = "explain_v2"      # template name under prompts/ (v2: worked examples)
+    n_top: int = option(10, "top-activating explain-split examples shown")
+    n_quantile: int = option(
+        10, "examples across the activation range (picked at evenly spaced ranks of their max)"
+    )
+    window: int = option(16, "tokens kept around each example's peak (3/4 before it); 0 = whole context")
+    show_activations: bool = option(False, "write each marked span's activation on a 0-10 scale")
+    max_tokens: int = option(96, "completion budget per label (a label is one short sentence)")
+    temperature: float = option(0.0, "explainer sampling temperature")
+    seed: int = option(0, "sampling seed and random:N seed")
+    # how hard we try, not what a successful reply means: not keyed, so raising it does not redo finished work
+    retries: int = option(2, "extra attempts after a reply that does not parse or validate", hashed=False)
+    prompt: str = option("explain_v2", "template name under prompts/ (v2: worked examples)")
 
     def __post_init__(self) -> None:
         for name in ("n_top", "n_quantile", "window", "max_tokens", "retries"):
@@ -40,7 +40,7 @@ class ExplainConfig:
 
     def keyed(self) -> dict[str, object]:
         """The fields stored with each explanation and hashed into its key."""
-        return {k: v for k, v in asdict(self).items() if k not in _NOT_KEYED}
+        return hashed_values(self)
 
     @property
     def hash(self) -> str:

