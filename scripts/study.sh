@@ -7,9 +7,9 @@
 set -euo pipefail
 WORK=${STUDY_DIR:-${HOME}/.cache/autointerp/study}
 OUT=${STUDY_OUT:-reports/study-k16-vs-k64.html}
-TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-150000}
-TOKENS=${STUDY_TOKENS:-12000}
-FEATURES=${STUDY_FEATURES:-12}
+TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-30000}
+TOKENS=${STUDY_TOKENS:-6000}
+FEATURES=${STUDY_FEATURES:-8}
 DB="$WORK/study.duckdb"
 mkdir -p "$WORK"
 ai() { python3 -m autointerp "$@"; }

@@ -135,3 +135,12 @@ def test_scoring_against_hard_negatives_is_a_separate_key_and_shown_beside(colle
     }
     assert shown and shown <= hard_ids and hard_prompts
     assert np.isfinite(data.ok_scores("detection:hard")["score"]).all()
+    # compare pairs the same labels' scores against random and hard negatives
+    from autointerp.report.compare import CompareOptions, build_compare
+
+    result = build_compare(
+        [str(db)], None, tmp_path / "c.html", CompareOptions(n_boot=100, n_perm=100, match=False)
+    )
+    md = result.markdown_path.read_text()
+    assert "Random vs hard negatives" in md and "| detection | tiny | 3 |" in md
+    assert "detection on tiny: against hard negatives" in md

@@ -228,6 +228,26 @@ def build_plots(arms: list[Arm], summary: pd.DataFrame) -> list[dict[str, Any]]:
     return plots
 
 
+def negatives_effect(arms: list[Arm], options: CompareOptions) -> pd.DataFrame:
+    """Per arm and scorer scored against both kinds of negatives: the same labels' score against random
+    minus against hard negatives, paired by feature (bootstrap CI, sign-flip p). Positive = hard negatives
+    make the task harder."""
+    rows = []
+    for a in arms:
+        for hard in [s for s in a.data.scorers if s.endswith(":hard")]:
+            base = hard.removesuffix(":hard")
+            both = a.data.ok_scores(base).merge(a.data.ok_scores(hard), on="feature_id", suffixes=("_r", "_h"))
+            if both.empty:
+                continue
+            d = stats.paired_difference(both["score_r"].to_numpy(), both["score_h"].to_numpy(), options.n_boot,
+                                        options.n_perm, options.seed)
+            rows.append({"scorer": base, "sae": a.label, "n": d.n_a, "random_mean": float(both["score_r"].mean()),
+                         "hard_mean": float(both["score_h"].mean()), "diff": d.diff, "ci_low": d.low,
+                         "ci_high": d.high, "p_value": d.p_value, "harder": bool(d.low > 0)})
+    return pd.DataFrame(rows, columns=["scorer", "sae", "n", "random_mean", "hard_mean", "diff", "ci_low", "ci_high",
+                                       "p_value", "harder"])
+
+
 def _example_matches(arms: list[Arm], matching: MatchingResult | None, n: int = 12) -> list[dict[str, Any]]:
     """The most similar mutual matches per SAE pair, with both labels (the pairs a reader can check)."""
     if matching is None or matching.features.empty:
@@ -266,10 +286,12 @@ def build_compare(db_paths: list[str], sae_names: list[str] | None, out: Path, o
             "label": a.label, "run": a.data.run, "db": a.db_path, "explainer": es.name if es else "none",
             "n_labelled": es.n_ok if es else 0, "metrics": [metrics.get(k) for k in metric_keys],
         })
-    words = findings(summary, pairs, matching, sae_rows, metric_keys)
+    negatives = negatives_effect(arms, options)
+    words = findings(summary, pairs, matching, sae_rows, metric_keys, negatives)
     context = {
         "title": "autointerp SAE comparison",
         "findings": words,
+        "negatives": negatives.to_dict("records"),
         "example_matches": _example_matches(arms, matching),
         "arms": sae_rows,
         "metric_keys": metric_keys,

@@ -74,6 +74,7 @@ def findings(
     matching: Any,
     arms: list[dict[str, Any]],
     metric_keys: list[str],
+    negatives: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """Every sentence of the "In words" section, significant ones first within each block."""
     items: list[dict[str, Any]] = []
@@ -82,6 +83,18 @@ def findings(
         items.append({"significant": None, "text": sentence})
     if not pairs.empty:
         items += sorted(difference_sentences(pairs, summary), key=lambda x: not x["significant"])
+    for r in [] if negatives is None else negatives.to_dict("records"):
+        verdict = "makes it significantly harder" if r["harder"] else "does not make it significantly harder"
+        items.append(
+            {
+                "significant": bool(r["harder"]),
+                "text": (
+                    f"{r['scorer']} on {r['sae']}: against hard negatives {verdict} on the same {r['n']} labels (random "
+                    f"{r['random_mean']:.3f} vs hard {r['hard_mean']:.3f}; difference {r['diff']:+.3f} "
+                    f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])."
+                ),
+            }
+        )
     if matching is not None and not matching.pairs.empty:
         for r in matching.pairs.to_dict("records"):
             items.append(
