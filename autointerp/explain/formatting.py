@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import jinja2
 import numpy as np
-import pandas as pd
 
 from autointerp.explain.config import ExplainConfig
 from autointerp.llm.base import Message
 from autointerp.prompting import PromptTemplate
+from autointerp.store.records import ExampleRecord
 
 OPEN, CLOSE = "<<", ">>"
 
@@ -36,19 +35,18 @@ class Example:
     max_activation: float
 
 
-def select_examples(rows: Sequence[dict[str, Any]], config: ExplainConfig) -> list[Example]:
+def select_examples(rows: Sequence[ExampleRecord], config: ExplainConfig) -> list[Example]:
     """Top examples, then quantile samples from the 'random' kind, for ONE feature's example rows.
 
-    `rows` are records as `Store.examples` returns them (split, kind, rank, context_id, max_activation,
-    tokens, activations); only the explain split is used. Quantile samples skip contexts already shown
-    as top examples and are ordered strongest first. Plain Python, not pandas: this runs once per
-    feature and must cost well under a millisecond to keep a fast server busy.
+    `rows` are one feature's `Store.example_records`; only the explain split is used. Quantile samples
+    skip contexts already shown as top examples and are ordered strongest first. Plain Python, not
+    pandas: this runs once per feature and must cost well under a millisecond to keep a fast server busy.
     """
-    rows = [r for r in rows if r["split"] == "explain"]
-    top = sorted((r for r in rows if r["kind"] == "top"), key=lambda r: r["rank"])[: config.n_top]
-    shown = {int(r["context_id"]) for r in top}
-    pool = [r for r in rows if r["kind"] == "random" and int(r["context_id"]) not in shown and r["max_activation"] > 0]
-    pool.sort(key=lambda r: (-r["max_activation"], r["rank"]))
+    rows = [r for r in rows if r.split == "explain"]
+    top = sorted((r for r in rows if r.kind == "top"), key=lambda r: r.rank)[: config.n_top]
+    shown = {r.context_id for r in top}
+    pool = [r for r in rows if r.kind == "random" and r.context_id not in shown and r.max_activation > 0]
+    pool.sort(key=lambda r: (-r.max_activation, r.rank))
     if config.n_quantile == 0:
         pool = []
     elif len(pool) > config.n_quantile:
@@ -57,21 +55,13 @@ def select_examples(rows: Sequence[dict[str, Any]], config: ExplainConfig) -> li
     return [_example(r) for r in top + pool]
 
 
-def examples_by_feature(frame: pd.DataFrame) -> dict[int, list[dict[str, Any]]]:
-    """`Store.examples` output -> feature id -> its rows as dicts (one conversion for a whole chunk)."""
-    grouped: dict[int, list[dict[str, Any]]] = {}
-    for record in frame.to_dict("records"):
-        grouped.setdefault(int(record["feature_id"]), []).append(record)
-    return grouped
-
-
-def _example(row: dict[str, Any]) -> Example:
+def _example(row: ExampleRecord) -> Example:
     return Example(
-        context_id=int(row["context_id"]),
-        kind=str(row["kind"]),
-        tokens=list(row["tokens"]),
-        activations=[float(a) for a in row["activations"]],
-        max_activation=float(row["max_activation"]),
+        context_id=row.context_id,
+        kind=row.kind,
+        tokens=list(row.tokens),
+        activations=list(row.activations),
+        max_activation=row.max_activation,
     )
 
 

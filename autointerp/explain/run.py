@@ -16,18 +16,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import jsonschema
 
 from autointerp.explain.config import ExplainConfig
-from autointerp.explain.formatting import build_messages, examples_by_feature, select_examples
+from autointerp.explain.formatting import build_messages, select_examples
 from autointerp.explain.schema import EXPLANATION_SCHEMA, validate_explanation
 from autointerp.hashing import short_hash
 from autointerp.llm.base import ChatResult, LLMClient, Status
 from autointerp.llm.runner import Outcome, RunStats, error_text, run_items, run_sync, window_for
 from autointerp.prompting import PromptTemplate, load_prompt
-from autointerp.store import RunInfo, Store
+from autointerp.store import ExampleRecord, RunInfo, Store
 
 #: Failures about the reply's content: worth another attempt within the run, and redone on a rerun only
 #: with --retry-failed (the same prompt will likely fail the same way).
@@ -179,14 +178,12 @@ class _Worker:
         self.store, self.run, self.client, self.config = store, run, client, config
         self.template, self.keys, self.summary = template, keys, summary
 
-    def chunks(self, todo: list[int]) -> Iterator[list[tuple[int, list[dict[str, Any]]]]]:
+    def chunks(self, todo: list[int]) -> Iterator[list[tuple[int, list[ExampleRecord]]]]:
         """The features to label with their explain-split examples, one store query per chunk."""
         for start in range(0, len(todo), CHUNK_FEATURES):
             chunk = todo[start : start + CHUNK_FEATURES]
-            groups = examples_by_feature(
-                self.store.examples(self.run.run_id, chunk, "explain", ["top", "random"])
-            )
-            yield [(feature, groups.get(feature, [])) for feature in chunk]
+            groups = self.store.example_records(self.run.run_id, chunk, "explain", ["top", "random"])
+            yield [(feature, groups[feature]) for feature in chunk]
 
     def _row(
         self,
@@ -219,7 +216,7 @@ class _Worker:
             "latency_s": latency_s,
         }
 
-    async def process(self, item: tuple[int, list[dict[str, Any]]]) -> Outcome:
+    async def process(self, item: tuple[int, list[ExampleRecord]]) -> Outcome:
         feature, rows = item
         examples = select_examples(rows, self.config)
         messages = build_messages(self.template, examples, self.config)
@@ -237,7 +234,7 @@ class _Worker:
         )
         return Outcome(result.status.value, row, prompt_tokens, completion_tokens, requests=attempts)
 
-    def fail(self, item: tuple[int, list[dict[str, Any]]], exc: BaseException) -> Outcome:
+    def fail(self, item: tuple[int, list[ExampleRecord]], exc: BaseException) -> Outcome:
         row = self._row(item[0], Status.EXCEPTION.value, None, None, error_text(exc), 0, 0, 0, 0.0)
         return Outcome(Status.EXCEPTION.value, row, requests=0)
 

@@ -5,14 +5,15 @@ All scorers of a run see the same contexts for a feature, so their numbers are c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-import pandas as pd
 
 from autointerp.errors import UserError
 from autointerp.hashing import short_hash
 from autointerp.score.base import TestContext
 from autointerp.score.config import ScoreConfig
-from autointerp.store import Store
+from autointerp.store import ExampleRecord, Store
 
 
 def feature_seed(seed: int, feature_id: int) -> int:
@@ -20,77 +21,84 @@ def feature_seed(seed: int, feature_id: int) -> int:
     return int(short_hash([seed, int(feature_id)], length=8), 16)
 
 
-def _to_context(row: dict, group: str) -> TestContext:
-    token_ids = [int(t) for t in row["token_ids"]]
-    tokens = [str(t) for t in row["tokens"]]
-    activations = [float(a) for a in row["activations"]]
-    if not len(token_ids) == len(tokens) == len(activations):
+def _to_context(row: ExampleRecord, group: str) -> TestContext:
+    if not len(row.token_ids) == len(row.tokens) == len(row.activations):
         raise ValueError(
-            f"context {row['context_id']} of feature {row['feature_id']}: {len(token_ids)} token ids, "
-            f"{len(tokens)} tokens, {len(activations)} activations"
+            f"context {row.context_id} of feature {row.feature_id}: {len(row.token_ids)} token ids, "
+            f"{len(row.tokens)} tokens, {len(row.activations)} activations"
         )
     return TestContext(
-        context_id=int(row["context_id"]),
-        doc_id=int(row["doc_id"]),
-        kind=str(row["kind"]),
+        context_id=row.context_id,
+        doc_id=row.doc_id,
+        kind=row.kind,
         group=group,
-        token_ids=tuple(token_ids[1:]),
-        tokens=tuple(tokens[1:]),
-        activations=tuple(activations[1:]),
+        token_ids=row.token_ids[1:],
+        tokens=row.tokens[1:],
+        activations=row.activations[1:],
     )
 
 
-def select_test_contexts(examples: pd.DataFrame, config: ScoreConfig, seed: int) -> list[TestContext]:
-    """Pick one feature's test contexts from its test-split examples (one feature's rows of `Store.examples`).
+def _unique_contexts(rows: list[ExampleRecord]) -> list[ExampleRecord]:
+    """The first row of each context id, in order."""
+    seen: set[int] = set()
+    out = []
+    for row in rows:
+        if row.context_id not in seen:
+            seen.add(row.context_id)
+            out.append(row)
+    return out
+
+
+def select_test_contexts(examples: Sequence[ExampleRecord], config: ScoreConfig, seed: int) -> list[TestContext]:
+    """Pick one feature's test contexts from its test-split examples (`Store.example_records` of one feature).
 
     `n_top` top examples (by rank), then the rest of `n_activating` spread over `n_quantiles`
     equal-count bins of the random sample ordered by max activation (so weak activations are tested
     too, as in delphi's quantile sampling), then non-activating contexts at `nonactivating_ratio`
     to the activating ones actually found. Fewer are used when fewer exist; the counts go in details.
+    Plain Python over records (sorts are stable, ties keep the store's order): it runs once per feature.
     """
-    if not examples.empty and set(examples["split"]) != {"test"}:
+    if any(r.split != "test" for r in examples):
         raise ValueError("select_test_contexts got non-test examples; scoring uses the test split only")
     rng = np.random.default_rng(seed)
     chosen: list[TestContext] = []
     used: set[int] = set()
 
-    top = examples[examples["kind"] == "top"].sort_values("rank")
-    for row in top.head(config.n_top).to_dict("records"):
+    top = sorted((r for r in examples if r.kind == "top"), key=lambda r: r.rank)
+    for row in top[: config.n_top]:
         chosen.append(_to_context(row, "top"))
-        used.add(int(row["context_id"]))
+        used.add(row.context_id)
 
     n_quantile_total = config.n_activating - len(chosen)
-    random_rows = examples[(examples["kind"] == "random") & ~examples["context_id"].isin(used)]
-    random_rows = random_rows.drop_duplicates("context_id").sort_values(["max_activation", "rank"])
-    if n_quantile_total > 0 and not random_rows.empty:
+    random_rows = _unique_contexts([r for r in examples if r.kind == "random" and r.context_id not in used])
+    random_rows.sort(key=lambda r: (r.max_activation, r.rank))
+    if n_quantile_total > 0 and random_rows:
         n_bins = min(config.n_quantiles, len(random_rows))
         bins = np.array_split(np.arange(len(random_rows)), n_bins)
         per_bin = [n_quantile_total // n_bins + (1 if i < n_quantile_total % n_bins else 0) for i in range(n_bins)]
-        records = random_rows.to_dict("records")
         for q, (positions, want) in enumerate(zip(bins, per_bin, strict=True), start=1):
             take = rng.choice(positions, size=min(want, len(positions)), replace=False)
             for pos in sorted(int(p) for p in take):
-                chosen.append(_to_context(records[pos], f"q{q}"))
-                used.add(int(records[pos]["context_id"]))
+                chosen.append(_to_context(random_rows[pos], f"q{q}"))
+                used.add(random_rows[pos].context_id)
 
     # Too few random examples: top examples beyond n_top fill the gap (still genuine test contexts).
     if len(chosen) < config.n_activating:
-        for row in top.iloc[config.n_top :].to_dict("records"):
+        for row in top[config.n_top :]:
             if len(chosen) >= config.n_activating:
                 break
-            if int(row["context_id"]) not in used:
+            if row.context_id not in used:
                 chosen.append(_to_context(row, "top"))
-                used.add(int(row["context_id"]))
+                used.add(row.context_id)
 
     n_non = int(round(len(chosen) * config.nonactivating_ratio)) if chosen else config.n_nonactivating
-    negative_kind = config.negative_kind
-    non = examples[(examples["kind"] == negative_kind) & ~examples["context_id"].isin(used)]
-    non = non.drop_duplicates("context_id").sort_values("rank")
+    non = _unique_contexts([r for r in examples if r.kind == "nonactivating" and r.context_id not in used])
+    non.sort(key=lambda r: r.rank)
     if len(non) > n_non:
         keep = sorted(int(i) for i in rng.choice(len(non), size=n_non, replace=False))
-        non = non.iloc[keep]
-    for row in non.to_dict("records"):
-        chosen.append(_to_context(row, negative_kind))
+        non = [non[i] for i in keep]
+    for row in non:
+        chosen.append(_to_context(row, "nonactivating"))
     return chosen
 
 

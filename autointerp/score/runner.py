@@ -107,13 +107,9 @@ def feature_contexts(
     store: Store, run_id: str, feature_ids: Sequence[int], config: ScoreConfig
 ) -> dict[int, tuple]:
     """feature_id -> its test contexts (test split only), for one chunk of features."""
-    examples = store.examples(run_id, feature_ids=list(feature_ids), split="test")
-    by_feature = {int(f): g for f, g in examples.groupby("feature_id")} if not examples.empty else {}
-    empty = examples.iloc[0:0]
+    records = store.example_records(run_id, list(feature_ids), split="test")
     return {
-        int(f): tuple(
-            select_test_contexts(by_feature.get(int(f), empty), config, feature_seed(config.seed, int(f)))
-        )
+        int(f): tuple(select_test_contexts(records[int(f)], config, feature_seed(config.seed, int(f))))
         for f in feature_ids
     }
 

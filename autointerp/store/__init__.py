@@ -24,13 +24,13 @@ from autointerp.store.schema import EXAMPLES_SQL, SCHEMA_SQL, SCHEMA_VERSION
 from autointerp.store.sets import LABEL_FREE_PREFIX, null_set_key
 from autointerp.store.sparse import DENSE_ACTIVATIONS, MIGRATE_V1_SQL, with_sparse_activations
 
-__all__ = ["Store", "SCHEMA_VERSION", "RunInfo"]
+__all__ = ["Store", "SCHEMA_VERSION", "RunInfo", "ExampleRecord"]
 
 #: The scorer name the report reads: a score against hard negatives (`--negatives hard`, in the stored
 #: config) shows as '<scorer>:hard', so it sits beside the random-negative score instead of replacing it.
 _SCORER_SHOWN = "CASE WHEN s.config->>'negatives' = 'hard' THEN s.scorer || ':hard' ELSE s.scorer END"
 
-from autointerp.store.records import RunInfo  # noqa: E402
+from autointerp.store.records import ExampleRecord, RunInfo  # noqa: E402
 
 #: DuckDB's buffer cap for whole-run scans (the leak check, report and export reads): beyond it DuckDB
 #: spills to its temp directory, so those scans cost the same memory at 16k and 1M features.
@@ -318,6 +318,40 @@ class Store:
             params.append(list(kinds))
         sql += " ORDER BY e.feature_id, e.split, e.kind, e.rank"
         return self.query_df(sql, params)
+
+    def example_records(
+        self,
+        run_id: str,
+        feature_ids: Sequence[int],
+        split: str | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> dict[int, list[ExampleRecord]]:
+        """feature id -> its examples (same rows and order as `examples`), as `ExampleRecord`s; every id
+        asked for is a key (an empty list when it has none). For one chunk of features at a time."""
+        sql = (
+            "SELECT e.feature_id, e.split, e.kind, e.rank, e.context_id, c.doc_id, e.max_activation, "
+            f"c.token_ids, c.tokens, {DENSE_ACTIVATIONS} AS activations "
+            "FROM examples e JOIN runs r ON r.run_id = e.run_id "
+            "JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id "
+            "WHERE e.run_id = ? AND e.feature_id IN (SELECT UNNEST(?::INTEGER[]))"
+        )
+        params: list[Any] = [run_id, [int(f) for f in feature_ids]]
+        if split is not None:
+            sql += " AND e.split = ?"
+            params.append(split)
+        if kinds is not None:
+            sql += " AND e.kind IN (SELECT UNNEST(?::VARCHAR[]))"
+            params.append(list(kinds))
+        sql += " ORDER BY e.feature_id, e.split, e.kind, e.rank"
+        with self._lock:
+            table = self.con.sql(sql, params=params).to_arrow_table()
+        grouped: dict[int, list[ExampleRecord]] = {int(f): [] for f in feature_ids}
+        columns = [table.column(name).to_pylist() for name in ExampleRecord.__dataclass_fields__]
+        for f, sp, kind, rank, cid, doc, mx, ids, toks, acts in zip(*columns, strict=True):
+            grouped.setdefault(int(f), []).append(
+                ExampleRecord(f, sp, kind, rank, cid, doc, float(mx), tuple(ids), tuple(toks), tuple(acts))
+            )
+        return grouped
 
     # ------------------------------------------------------------------ collect (bulk writes)
     # Collect writes millions of example rows; building them as Arrow tables from numpy buffers and
@@ -757,7 +791,7 @@ class Store:
                     run_id, explanation_set, scorers, n_contexts, (start, start + EXPORT_CHUNK_FEATURES)
                 )
                 with self._lock:
-                    table = self.con.execute(sql, params).to_arrow_table()
+                    table = self.con.sql(sql, params=params).to_arrow_table()
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
                 writer.write_table(table.cast(writer.schema))
