@@ -21,9 +21,9 @@ from autointerp.cli import main as cli_main
 from autointerp.errors import UserError
 from autointerp.explain import ExplainConfig, explain
 from autointerp.explain.formatting import Example, build_messages, render_example
-from autointerp.explain.selection import parse_feature_spec
 from autointerp.llm import make_client
 from autointerp.prompting import load_prompt
+from autointerp.selection import parse_feature_spec
 from autointerp.store import Store
 from autointerp.testing.synthetic import build_synthetic_store
 from autointerp.testing.testserver import FakeOpenAIServer, Fault

@@ -204,8 +204,8 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
                 stages: list[str], tokenizer: str | None = None) -> dict[str, Any]:
     from autointerp.explain.config import ExplainConfig
     from autointerp.explain.run import explain
-    from autointerp.explain.selection import parse_feature_spec
     from autointerp.llm import make_client
+    from autointerp.selection import parse_feature_spec
     from autointerp.store import Store
 
     result: dict[str, Any] = {"concurrency": concurrency, "url": url}

@@ -50,9 +50,9 @@ def quiet_http_logs(args: argparse.Namespace) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from autointerp.explain.run import explain
-    from autointerp.explain.selection import parse_feature_spec
     from autointerp.llm import client_from_args
     from autointerp.prompting import load_prompt
+    from autointerp.selection import parse_feature_spec
     from autointerp.store import Store
 
     quiet_http_logs(args)

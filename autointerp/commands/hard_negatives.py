@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from autointerp.collect.hard_negatives import HardNegativeOptions, find_hard_negatives
     from autointerp.errors import UserError
-    from autointerp.explain.selection import parse_feature_spec
     from autointerp.models import load_model
     from autointerp.sae import check_sae_matches, load_sae
+    from autointerp.selection import parse_feature_spec
     from autointerp.store import Store
 
     for name in ("neighbours", "per_feature", "neighbour_top", "batch_size"):

@@ -67,7 +67,7 @@ def handle(args: argparse.Namespace) -> int:
         run = store.resolve_run(args.sae_name)
         feature_ids = None
         if args.features:
-            from autointerp.explain.selection import parse_feature_spec
+            from autointerp.selection import parse_feature_spec
 
             explained = sorted({int(f) for f in store.explanations(run.run_id, status="ok")["feature_id"]})
             feature_ids = parse_feature_spec(args.features, store.features(run.run_id), explained, seed=args.seed)

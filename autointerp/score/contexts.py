@@ -92,13 +92,14 @@ def select_test_contexts(examples: Sequence[ExampleRecord], config: ScoreConfig,
                 used.add(row.context_id)
 
     n_non = int(round(len(chosen) * config.nonactivating_ratio)) if chosen else config.n_nonactivating
-    non = _unique_contexts([r for r in examples if r.kind == "nonactivating" and r.context_id not in used])
+    negative_kind = config.negative_kind
+    non = _unique_contexts([r for r in examples if r.kind == negative_kind and r.context_id not in used])
     non.sort(key=lambda r: r.rank)
     if len(non) > n_non:
         keep = sorted(int(i) for i in rng.choice(len(non), size=n_non, replace=False))
         non = [non[i] for i in keep]
     for row in non:
-        chosen.append(_to_context(row, "nonactivating"))
+        chosen.append(_to_context(row, negative_kind))
     return chosen
 
 

@@ -1,4 +1,5 @@
-"""Which features a stage works on: `--features` specs and the 'live' filter."""
+"""Which features a command works on: the `--features` parser (ids, ranges, top:N, random:N, middle:N) that
+explain, score, hard-negatives and the benchmarks share, so every stage reads a feature list the same way."""
 
 from __future__ import annotations
 
