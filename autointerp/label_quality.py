@@ -21,13 +21,19 @@ ECHO_PHRASES = (
     "explanation", "<label>", "<phrase>", "json", "as follows", "double angle",
 )
 MARKERS = ("<<", ">>", "{", "}")
-#: The worked examples' labels in prompts/explain_v2.j2: a small model may copy one for every feature
-#: (SmolLM2 does on the demo), which no other check catches. tests/test_label_quality.py keeps this in sync.
+#: The worked examples' labels in prompts/explain_v2.j2 and explain_v3.j2: a small model may copy one for
+#: every feature (SmolLM2 did on the demo with v2), which no other check catches.
+#: tests/test_label_quality.py keeps this in sync with the templates.
 EXAMPLE_LABELS = (
     "animals, especially pets and farm animals",
     "years written as four-digit numbers",
     "verbs of speaking that introduce reported speech",
     "country names following a city name",
+    "negation words such as not and never",
+    "parts of the human body",
+    "closing brackets that end an aside",
+    "names of football clubs",
+    "verbs for what animals and plants do to live and reproduce",
 )
 
 

@@ -37,7 +37,21 @@ def test_v2_worked_examples_give_labels_the_figure_accepts() -> None:
     system, user = build_messages(template, [example], ExplainConfig())
     shown = [line.split('"explanation": "')[1].rstrip('"}') for line in system["content"].splitlines()
              if line.startswith('{"explanation": "') and "<label>" not in line]
-    assert tuple(shown) == EXAMPLE_LABELS  # a label copied from the examples is flagged, not counted as good
+    assert set(shown) <= set(EXAMPLE_LABELS)  # a label copied from the examples is flagged, not counted as good
     assert all(label_problem(label) == "example_copy" for label in shown)
     assert all(len(label.split()) <= 12 for label in shown)
     assert "<<cat>>" in user["content"] and "marked tokens" not in system["content"]
+
+
+def test_v3_worked_examples_are_turns_and_their_labels_are_flagged_when_copied() -> None:
+    """v3 puts its worked examples in earlier chat turns; every one of their labels counts as a copy."""
+    template = load_prompt("explain_v3")
+    example = Example(0, "top", ["<s>", " the", " cat"], [0.0, 0.0, 2.0], 2.0)
+    messages = build_messages(template, [example], ExplainConfig())
+    roles = [m["role"] for m in messages]
+    assert roles[0] == "system" and roles[-1] == "user" and roles[1:-1] == ["user", "assistant"] * 6
+    shown = [m["content"].split('"explanation": "')[1].rstrip('"}') for m in messages if m["role"] == "assistant"]
+    assert len(set(shown)) == 6 and set(shown) <= set(EXAMPLE_LABELS)
+    assert all(label_problem(label) == "example_copy" and len(label.split()) <= 12 for label in shown)
+    assert messages[-1]["content"].startswith("1. <s> the <<cat>>")  # the feature's own excerpts come last
+    assert "marked tokens" not in " ".join(m["content"] for m in messages)

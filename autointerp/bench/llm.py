@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stages", default="explain", help="explain, or explain,simulation (needs autointerp.score)")
     parser.add_argument("--in-process-server", action="store_true",
                         help="run the test server as a thread of this process (measures a GIL-shared setup)")
+    parser.add_argument("--compare-prefix-cache", action="store_true",
+                        help="with --llm local:MODEL: run each level without, then with the prefix cache, on the same "
+                             "features, and print the ratio (one run, so the machine's load hits both alike)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the figures as JSON here")
     parser.set_defaults(func=handle)
 
@@ -73,7 +76,15 @@ def handle(args: argparse.Namespace) -> int:
         for level in levels:
             db = Path(tmp) / f"c{level}.duckdb"
             shutil.copyfile(base_db, db)
-            if args.llm:
+            if args.llm and args.compare_prefix_cache:
+                for prefix in (False, True):
+                    shutil.copyfile(base_db, db)
+                    result = _bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
+                                         args.tokenizer, prefix_cache=prefix)
+                    results.append(result)
+                off, on = results[-2]["explain"]["wall_s"], results[-1]["explain"]["wall_s"]
+                results[-1]["speedup_vs_no_prefix_cache"] = off / on if on > 0 else 0.0
+            elif args.llm:
                 results.append(_bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
                                            args.tokenizer))
             else:
@@ -201,7 +212,7 @@ def _score_features() -> Any:
 
 
 def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrency: int, n_features: int,
-                stages: list[str], tokenizer: str | None = None) -> dict[str, Any]:
+                stages: list[str], tokenizer: str | None = None, prefix_cache: bool | None = None) -> dict[str, Any]:
     from autointerp.explain.config import ExplainConfig
     from autointerp.explain.run import explain
     from autointerp.llm import make_client
@@ -214,6 +225,9 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
         live = store.explainable_feature_ids(run.run_id)
         features = parse_feature_spec(f"top:{n_features}", store.features(run.run_id), live)
         client = make_client(url, model, concurrency=concurrency, tokenizer_spec=tokenizer)
+        if prefix_cache is False:
+            client.prefix_cache = None  # type: ignore[attr-defined]  # the local client's baseline
+        result["prefix_cache"] = getattr(client, "prefix_cache", None) is not None
 
         async def go() -> None:
             try:
@@ -227,6 +241,11 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
                 result["model"] = summary.model
                 if "simulation" in stages:
                     result["simulation"] = await _bench_simulation(store, run, client, features)
+                cache = getattr(client, "prefix_cache", None)
+                if cache is not None:
+                    result["prefix"] = {"computed_tokens": cache.stats.computed_tokens,
+                                        "reused_tokens": cache.stats.reused_tokens}
+                result["peak_rss_mb"] = _peak_rss_mb()
             finally:
                 await client.aclose()
 
@@ -245,6 +264,13 @@ async def _bench_simulation(store: Any, run: Any, client: Any, features: list[in
     failed = int((~frame["status"].isin(["ok", "undefined"])).sum()) if n else 0
     return {**_figures(n, failed, wall, int(frame["prompt_tokens"].fillna(0).sum()),
                        int(frame["completion_tokens"].fillna(0).sum())), "summary": str(summary)}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS so far (the embedded model lives here), in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _figures(n: int, failed: int, wall_s: float, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -273,10 +299,24 @@ def _print(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                   f"{result['client_only_cpu_ms']:.1f} ms/request (one free core sustains "
                   f"{1000 / ex['cpu_ms_per_feature']:.0f} features/s; C/L needs <= {1000 / result['server_capacity_per_s']:.1f} ms)")
         print(f"  explain tokens per feature: {ex['prompt_tokens_per_feature']:.0f} prompt + "
-              f"{ex['completion_tokens_per_feature']:.0f} completion")
+              f"{ex['completion_tokens_per_feature']:.0f} completion; "
+              f"{ex['wall_s'] / max(ex['features'], 1):.2f} s per feature")
+        if "prefix_cache" in result and args.llm:
+            line = f"  prefix cache {'on' if result['prefix_cache'] else 'off'}"
+            if "prefix" in result:
+                pre = result["prefix"]
+                total = pre["computed_tokens"] + pre["reused_tokens"]
+                line += (f": {pre['reused_tokens']} of {total} prompt tokens reused "
+                         f"({100 * pre['reused_tokens'] / max(total, 1):.0f} %)")
+            if "speedup_vs_no_prefix_cache" in result:
+                line += f"; explain wall time off/on = {result['speedup_vs_no_prefix_cache']:.2f}x"
+            print(line)
+        if "peak_rss_mb" in result:
+            print(f"  peak RSS so far: {result['peak_rss_mb']:.0f} MB")
         if "simulation" in result:
             sim = result["simulation"]
-            print(f"  simulation: {sim['features']} features in {sim['wall_s']:.2f} s = {sim['features_per_s']:.1f}/s; "
+            print(f"  simulation: {sim['features']} features in {sim['wall_s']:.2f} s = "
+                  f"{sim['wall_s'] / max(sim['features'], 1):.2f} s per feature; "
                   f"tokens per feature: {sim['prompt_tokens_per_feature']:.0f} prompt + "
                   f"{sim['completion_tokens_per_feature']:.0f} completion")
     if not args.llm:

@@ -22,6 +22,8 @@ from autointerp.prompting import PromptTemplate
 from autointerp.store.records import ExampleRecord
 
 OPEN, CLOSE = "<<", ">>"
+#: Starts a worked-example chat turn in a template's part='shots' (`@@user`, `@@assistant`).
+TURN_MARK = "@@"
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,28 @@ def build_messages(template: PromptTemplate, examples: Sequence[Example], config
     variables = {"examples": lines, "show_activations": config.show_activations}
     compiled = _compiled(template.text)
     system = compiled.render(part="system", **variables).strip()
+    shots = worked_turns(compiled.render(part="shots", **variables))
     user = compiled.render(part="user", **variables).strip()
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, *shots, {"role": "user", "content": user}]
+
+
+def worked_turns(text: str) -> list[Message]:
+    """The worked examples a template renders for part='shots', as chat turns (else none).
+
+    Each turn starts with a line `@@user` or `@@assistant`. Why turns and not examples inside the system
+    message: small models copied an in-system example's label for every feature (SmolLM2 on v2); as earlier
+    turns, the feature's excerpts are the last turn and the instruction sits right before the answer.
+    Templates without the markers (v1, v2) render their user part here and get no turns.
+    """
+    if not text.lstrip().startswith(TURN_MARK):
+        return []
+    turns: list[Message] = []
+    for block in text.strip().split(TURN_MARK)[1:]:
+        role, _, content = block.partition("\n")
+        if role.strip() not in ("user", "assistant"):
+            raise ValueError(f"prompt turn marker {TURN_MARK}{role.strip()!r}: use {TURN_MARK}user or {TURN_MARK}assistant")
+        turns.append({"role": role.strip(), "content": content.strip()})
+    return turns
 
 
 @lru_cache(maxsize=16)

@@ -31,6 +31,7 @@ from typing import Any
 
 from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.microbatch import MicroBatcher
+from autointerp.llm.prefix_cache import PrefixCache
 from autointerp.llm.replies import judge_reply
 
 
@@ -249,6 +250,7 @@ class LocalClient:
         batch_wait_s: float = 0.005,
         json_prefill: bool = True,
         max_batch_tokens: int = 16384,
+        prefix_entries: int = 4,
     ) -> None:
         self.spec = spec
         self.model_name = f"local:{spec}"
@@ -259,6 +261,7 @@ class LocalClient:
         self.concurrency = max_batch_size  # one micro-batch in flight keeps the model busy
         self._lm: Any = None
         self._load_lock = threading.Lock()
+        self.prefix_cache = PrefixCache(self._prefix_kv, max_entries=prefix_entries) if prefix_entries else None
         self._grammars = _Grammars()
         # One thread: the model is not used concurrently, and this CPU has few cores to share anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
@@ -351,14 +354,8 @@ class LocalClient:
 
         lm = self._load()
         tokenizer, model = lm.tokenizer, lm.model
-        # Left padding: generation continues at the right edge of every row. Restored after, since
-        # callers share this tokenizer (e.g. the simulator builds prompts with it).
-        saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            encoded = tokenizer([item.prompt + item.prefill for item in items], return_tensors="pt", padding=True,
-                                add_special_tokens=False)
-        finally:
-            tokenizer.padding_side = saved_side
+        prompts = [tokenizer(item.prompt + item.prefill, add_special_tokens=False)["input_ids"] for item in items]
+        encoded, past = self._layout_prompts(prompts, tokenizer.pad_token_id or 0)
         prompt_length = encoded["input_ids"].shape[1]
         stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         configured_eos = model.generation_config.eos_token_id
@@ -396,6 +393,7 @@ class LocalClient:
             generated = model.generate(
                 input_ids=encoded["input_ids"].to(lm.device),
                 attention_mask=encoded["attention_mask"].to(lm.device),
+                past_key_values=past,
                 generation_config=config,
                 stopping_criteria=criteria,
                 logits_processor=processors,
@@ -421,6 +419,48 @@ class LocalClient:
             results.append(_Generated(text, finish, int(encoded["attention_mask"][row].sum()), len(reply_ids),
                                       token_logprobs))
         return results
+
+    def _layout_prompts(self, prompts: list[list[int]], pad: int) -> tuple[dict[str, Any], Any]:
+        """Batch tensors for generation: [shared prefix][left padding][own tail] per row, and the prefix's cache.
+
+        The padding sits between the prefix (taken from the prefix cache, computed once) and each row's
+        tail, so every row's reply still starts at the right edge; positions come from the attention
+        mask, so the tail's tokens keep the positions they have in the unpadded prompt.
+        """
+        import torch
+
+        shared, past = 0, None
+        if self.prefix_cache is not None:
+            shared, past = self.prefix_cache.shared(prompts, limit=min(len(p) for p in prompts) - 1)
+            if past is not None and len(prompts) > 1:
+                past.batch_repeat_interleave(len(prompts))
+        tails = [p[shared:] for p in prompts]
+        width = max(len(t) for t in tails)
+        input_ids = torch.full((len(prompts), shared + width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, (prompt, tail) in enumerate(zip(prompts, tails, strict=True)):
+            input_ids[row, :shared] = torch.tensor(prompt[:shared], dtype=torch.long)
+            attention_mask[row, :shared] = 1
+            input_ids[row, shared + width - len(tail):] = torch.tensor(tail, dtype=torch.long)
+            attention_mask[row, shared + width - len(tail):] = 1
+        if self.prefix_cache is not None:
+            self.prefix_cache.stats.computed_tokens += sum(len(t) for t in tails)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}, past
+
+    def _prefix_kv(self, ids: list[int], past: Any) -> Any:
+        """The KV cache after running `ids` (continuing `past`), batch size 1: a prefix cache entry."""
+        import torch
+        from transformers import DynamicCache
+
+        lm = self._load()
+        cache = past if past is not None else DynamicCache(config=lm.model.config)
+        start = cache.get_seq_length()
+        backbone = getattr(lm.model, lm.model.base_model_prefix, lm.model)
+        with torch.inference_mode():
+            backbone(input_ids=torch.tensor([ids], device=lm.device),
+                     position_ids=torch.arange(start, start + len(ids), device=lm.device).unsqueeze(0),
+                     past_key_values=cache, use_cache=True)
+        return cache
 
     # ------------------------------------------------------------------ prompt logprobs
 
@@ -458,13 +498,26 @@ class LocalClient:
         lm = self._load()
         model = lm.model
         pad = lm.tokenizer.pad_token_id or 0
-        length = max(len(item.token_ids) for item in items)
-        # Right padding: real tokens keep positions 0..n-1, exactly as in an unpadded forward pass.
+        # A shared head (the simulator's instructions) comes from the prefix cache; every asked position
+        # predicts from a hidden state after it, so each position p needs p - 1 >= the prefix length.
+        shared, past = 0, None
+        if self.prefix_cache is not None:
+            limit = min(min([len(i.token_ids)] + [p for p in i.positions]) - 1 for i in items)
+            shared, past = self.prefix_cache.shared([i.token_ids for i in items], limit=limit)
+            if past is not None and len(items) > 1:
+                past.batch_repeat_interleave(len(items))
+            self.prefix_cache.stats.computed_tokens += sum(len(i.token_ids) - shared for i in items)
+        length = max(len(item.token_ids) for item in items) - shared
+        # Right padding: real tokens keep positions shared..n-1, exactly as in an unpadded forward pass.
         input_ids = torch.full((len(items), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+        attention_mask = torch.zeros((len(items), shared + length), dtype=torch.long)
         for row, item in enumerate(items):
-            input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids)
+            input_ids[row, : len(item.token_ids) - shared] = torch.tensor(item.token_ids[shared:])
             attention_mask[row, : len(item.token_ids)] = 1
+        inputs = {"input_ids": input_ids.to(lm.device), "attention_mask": attention_mask.to(lm.device),
+                  "position_ids": torch.arange(shared, shared + length, device=lm.device).expand(len(items), -1)}
+        if past is not None:
+            inputs["past_key_values"] = past
         backbone = getattr(model, model.base_model_prefix, None)
         head = model.get_output_embeddings()
         # Models that rescale logits after the head (Gemma 2's softcapping, Cohere's logit_scale) take the full path.
@@ -472,13 +525,11 @@ class LocalClient:
         with torch.inference_mode():
             if backbone is not None and head is not None and not rescaled:
                 # Only the asked positions go through the (vocabulary-wide) LM head: saves memory and time.
-                hidden = backbone(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device),
-                                  use_cache=False).last_hidden_state
-                rows = [head(hidden[row, [p - 1 for p in item.positions]]) for row, item in enumerate(items)]
+                hidden = backbone(**inputs, use_cache=past is not None).last_hidden_state
+                rows = [head(hidden[row, [p - 1 - shared for p in item.positions]]) for row, item in enumerate(items)]
             else:
-                logits = model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device),
-                               use_cache=False).logits
-                rows = [logits[row, [p - 1 for p in item.positions]] for row, item in enumerate(items)]
+                logits = model(**inputs, use_cache=past is not None).logits
+                rows = [logits[row, [p - 1 - shared for p in item.positions]] for row, item in enumerate(items)]
             results = []
             for item, row_logits in zip(items, rows, strict=True):
                 logprobs = torch.log_softmax(row_logits.float(), dim=-1)
