@@ -253,6 +253,11 @@ def _line(size: int, stage: str, f: dict[str, Any]) -> str:
 
 
 def _print_flatness(results: list[dict[str, Any]]) -> None:
+    for result in results:  # the target: score keeps the server at least as busy as explain does
+        stages = result["stages"]
+        if "explain" in stages and "score" in stages and stages["explain"]["requests_per_s"] > 0:
+            ratio = stages["score"]["requests_per_s"] / stages["explain"]["requests_per_s"]
+            print(f"{result['size']:>6} score / explain requests/s = {ratio:.2f}")
     if len(results) < 2:
         return
     small, large = results[0], results[-1]
