@@ -37,13 +37,19 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid TOML: {exc}", "fix the file (see data/example.toml)") from exc
 
 
-def to_argv(stage: str, options: Mapping[str, Any]) -> list[str]:
-    """`{"top_k": 50, "overwrite": True, "scorers": ["a", "b"]}` -> `--top-k 50 --overwrite --scorers a,b`."""
+def to_argv(stage: str, options: Mapping[str, Any], flags: set[str] | None = None) -> list[str]:
+    """`{"top_k": 50, "overwrite": True, "scorers": ["a", "b"]}` -> `--top-k 50 --overwrite --scorers a,b`.
+
+    A setting that defaults to true has a `--no-...` switch (see `autointerp.options`): with the stage's
+    `flags` known, `progress = false` becomes `--no-progress` instead of being dropped."""
     argv = [stage.replace("_", "-")]
     for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is False and flags is not None and "--no-" + flag[2:] in flags:
+            argv.append("--no-" + flag[2:])
+            continue
         if key == "skip_if_exists" or value is None or value is False:
             continue
-        flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)
         elif isinstance(value, list | tuple):
@@ -70,7 +76,7 @@ def stage_argvs(config: Mapping[str, Any], known_flags: Callable[[str], set[str]
         if stage == "train_sae" and section.get("skip_if_exists", True) and _sae_exists(section.get("out")):
             print(f"[run] train-sae: {section['out']} already exists, reusing it", flush=True)
             continue
-        argvs.append(to_argv(stage, options))
+        argvs.append(to_argv(stage, options, flags))
     return argvs
 
 

@@ -95,13 +95,14 @@ def test_pipeline_passes_shared_keys_only_to_stages_that_take_them() -> None:
     config = {
         "db": "w.duckdb",
         "device": "cuda",
-        "collect": {**REQUIRED, "top_k": 5},
+        "collect": {**REQUIRED, "top_k": 5, "progress": False},
         "explain": {"n_top": 3},
     }
     argvs = stage_argvs(config, lambda stage: parser.commands[stage.replace("_", "-")].flags)
     assert argvs[0][0] == "collect" and "--device" in argvs[0] and "--top-k" in argvs[0]
     assert argvs[1][0] == "explain" and "--db" in argvs[1] and "--device" not in argvs[1]
-    assert config_from_args(parser.parse_args(argvs[0])).device == "cuda"
+    collect = config_from_args(parser.parse_args(argvs[0]))
+    assert collect.device == "cuda" and collect.progress is False  # `progress = false` -> --no-progress
 
 
 def test_flag_generation_rejects_a_type_it_cannot_parse() -> None:
