@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two-SAE study committed under reports/ (README, "A real study"): two TopK SAEs on SmolLM2 layer 15 that
-# differ only in k (16 vs 64; same width, tokens, seed), collected on the same wiki tokens into one workspace,
+# differ only in k (16 vs 64; same width, tokens, seed), collected on the same wiki tokens (one workspace per SAE,
+# so the two pipelines can run side by side on a small machine; compare reads both),
 # the same seeded middle-density feature sample labelled and scored with the embedded SmolLM2, shuffled-label
 # null baseline on, intruder (explanation-free) on, detection also against hard negatives; then `compare`.
 # Sized for 2 CPU cores: STUDY_TRAIN_TOKENS / STUDY_TOKENS / STUDY_FEATURES make it bigger.
@@ -10,7 +11,6 @@ OUT=${STUDY_OUT:-reports/study-k16-vs-k64.html}
 TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-30000}
 TOKENS=${STUDY_TOKENS:-6000}
 FEATURES=${STUDY_FEATURES:-8}
-DB="$WORK/study.duckdb"
 mkdir -p "$WORK"
 ai() { python3 -m autointerp "$@"; }
 for k in 16 64; do
@@ -19,6 +19,7 @@ for k in 16 64; do
 done
 for k in 16 64; do
   name="k$k"
+  DB="$WORK/study-$name.duckdb"
   ai collect --model smollm2 --hook layers.15 --sae "$WORK/sae-k$k" --sae-name "$name" --corpus wiki \
       --tokens "$TOKENS" --db "$DB" --no-progress
   ai evaluate --db "$DB" --sae-name "$name" --tokens 4000 --ce-tokens 1000 --no-progress
@@ -29,4 +30,4 @@ for k in 16 64; do
   ai score --db "$DB" --sae-name "$name" --llm local:smollm2 --scorers detection --negatives hard \
       --seed 0 --no-progress --null-sample 0
 done
-ai compare --db "$DB" --out "$OUT"
+ai compare --db "$WORK/study-k16.duckdb" --db "$WORK/study-k64.duckdb" --out "$OUT"
