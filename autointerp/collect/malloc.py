@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-THRESHOLD_BYTES = 1 << 30
+# Blocks up to 32 MB (glibc's maximum mmap threshold; every per-layer activation of a 4,096-token batch of
+# a small model) come from the heap; larger ones (the [tokens, d_sae] encoder output) are still mapped and
+# unmapped, so the heap cannot fragment into a high-water mark that grows with the number of batch shapes
+# seen (with a 1 GB threshold, peak RSS at ctx 256 grew 63 % from 32k to 131k tokens).
+MMAP_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 128 << 20
 
 
 def keep_freed_buffers() -> bool:
@@ -32,8 +37,8 @@ def keep_freed_buffers() -> bool:
     except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    applied = bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(
-        mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES)
+    applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
     if not applied:
         log.debug("mallopt refused the thresholds; freed buffers go back to the OS as before")
