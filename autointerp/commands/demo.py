@@ -63,7 +63,9 @@ def demo_config(args: argparse.Namespace) -> dict[str, Any]:
         },
         "evaluate": {"tokens": min(args.tokens, 20_000), "ce_tokens": min(4_000, args.tokens // 5), **quiet},
         # A seeded sample of middle-density features: ones a person can judge (the densest are the hardest).
-        "explain": {"llm": args.llm, "features": f"middle:{args.features}", **quiet},
+        # explain_v3 (worked examples as earlier chat turns): with SmolLM2 on these features 4 of 12 labels are
+        # unusable against 12 of 12 with v2, which copies its first worked example for every feature.
+        "explain": {"llm": args.llm, "features": f"middle:{args.features}", "prompt": "explain_v3", **quiet},
         # 5 + 5 test contexts (not the default 10 + 10): the shuffled-label null baseline scores every
         # feature twice, and this keeps the score stage at the request count it had before it.
         "score": {"llm": args.llm, "scorers": args.scorers, "features": f"middle:{args.features}", "n_test": 5,

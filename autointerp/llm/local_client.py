@@ -25,6 +25,7 @@ import asyncio
 import json
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,11 @@ from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, Tok
 from autointerp.llm.microbatch import MicroBatcher
 from autointerp.llm.prefix_cache import PrefixCache
 from autointerp.llm.replies import judge_reply
+
+# transformers 5.2x renames generate's/forward's `past_key_values` to `cache` and warns on every call (once per
+# batch: dozens of lines in a demo). The old name still works in every version we support; the new one does not
+# exist in the older ones, so keep the old name and silence exactly this warning.
+warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
 
 
 @dataclass
