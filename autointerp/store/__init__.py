@@ -58,6 +58,30 @@ def _open_error(path: Path, exc: Exception) -> UserError:
     return UserError(f"cannot open workspace {path}: {text}", "check the file's permissions and the disk")
 
 
+
+def _example_filters(
+    run_id: str, feature_ids: Sequence[int] | None, split: str | None, kinds: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    """The FROM/WHERE/ORDER BY shared by `Store.examples` and `Store.example_records` (examples joined with
+    their contexts, filtered by run, features, split and kinds), and its parameters."""
+    sql = (
+        " FROM examples e JOIN runs r ON r.run_id = e.run_id "
+        "JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id "
+        "WHERE e.run_id = ?"
+    )
+    params: list[Any] = [run_id]
+    if feature_ids is not None:
+        sql += " AND e.feature_id IN (SELECT UNNEST(?::INTEGER[]))"
+        params.append([int(f) for f in feature_ids])
+    if split is not None:
+        sql += " AND e.split = ?"
+        params.append(split)
+    if kinds is not None:
+        sql += " AND e.kind IN (SELECT UNNEST(?::VARCHAR[]))"
+        params.append(list(kinds))
+    return sql + " ORDER BY e.feature_id, e.split, e.kind, e.rank", params
+
+
 class Store:
     """A DuckDB workspace file. Thread-safe for the simple calls (one lock around the connection)."""
 
@@ -302,22 +326,9 @@ class Store:
         sql = (
             "SELECT e.run_id, e.feature_id, e.split, e.kind, e.rank, e.context_id, e.max_activation, "
             f"{DENSE_ACTIVATIONS} AS activations, c.doc_id, c.token_ids, c.tokens "
-            "FROM examples e JOIN runs r ON r.run_id = e.run_id "
-            "JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id "
-            "WHERE e.run_id = ?"
         )
-        params: list[Any] = [run_id]
-        if feature_ids is not None:
-            sql += " AND e.feature_id IN (SELECT UNNEST(?::INTEGER[]))"
-            params.append([int(f) for f in feature_ids])
-        if split is not None:
-            sql += " AND e.split = ?"
-            params.append(split)
-        if kinds is not None:
-            sql += " AND e.kind IN (SELECT UNNEST(?::VARCHAR[]))"
-            params.append(list(kinds))
-        sql += " ORDER BY e.feature_id, e.split, e.kind, e.rank"
-        return self.query_df(sql, params)
+        where, params = _example_filters(run_id, feature_ids, split, kinds)
+        return self.query_df(sql + where, params)
 
     def example_records(
         self,
@@ -331,20 +342,10 @@ class Store:
         sql = (
             "SELECT e.feature_id, e.split, e.kind, e.rank, e.context_id, c.doc_id, e.max_activation, "
             f"c.token_ids, c.tokens, {DENSE_ACTIVATIONS} AS activations "
-            "FROM examples e JOIN runs r ON r.run_id = e.run_id "
-            "JOIN contexts c ON c.corpus_id = r.corpus_id AND c.context_id = e.context_id "
-            "WHERE e.run_id = ? AND e.feature_id IN (SELECT UNNEST(?::INTEGER[]))"
         )
-        params: list[Any] = [run_id, [int(f) for f in feature_ids]]
-        if split is not None:
-            sql += " AND e.split = ?"
-            params.append(split)
-        if kinds is not None:
-            sql += " AND e.kind IN (SELECT UNNEST(?::VARCHAR[]))"
-            params.append(list(kinds))
-        sql += " ORDER BY e.feature_id, e.split, e.kind, e.rank"
+        where, params = _example_filters(run_id, feature_ids, split, kinds)
         with self._lock:
-            table = self.con.sql(sql, params=params).to_arrow_table()
+            table = self.con.sql(sql + where, params=params).to_arrow_table()
         grouped: dict[int, list[ExampleRecord]] = {int(f): [] for f in feature_ids}
         columns = [table.column(name).to_pylist() for name in ExampleRecord.__dataclass_fields__]
         for f, sp, kind, rank, cid, doc, mx, ids, toks, acts in zip(*columns, strict=True):
