@@ -75,7 +75,9 @@ def _example_rows(
     index = np.repeat(lo - starts, counts) + np.arange(total)  # examples of these contexts
     row = np.repeat(np.arange(len(ids)), counts)
     # a (context, feature) pair can be several examples (top and random): gather each pair's entries once
-    pair_keys, pair_of = np.unique(row * d_sae + selection.feature[index].astype(np.int64), return_inverse=True)
+    pair_keys, pair_of = np.unique(
+        row * d_sae + selection.feature[index].astype(np.int64), return_inverse=True
+    )
     entry_keys = entries.row * d_sae + entries.feature
     where = np.minimum(np.searchsorted(pair_keys, entry_keys), len(pair_keys) - 1)
     match = pair_keys[where] == entry_keys
@@ -209,13 +211,19 @@ def _nonactivating_tables(
     if k == 0 or sample.size == 0:
         return
     silent = ~fires  # [n_sample, d]
-    rank = np.cumsum(silent, axis=0) - 1
+    rank = np.cumsum(silent, axis=0, dtype=np.int32)  # int32: a quarter of int64's cumsum time
+    rank -= 1
+    # Rows past the first one where every feature has its k contexts can hold no choice: most features
+    # fire on few sampled contexts, so this keeps ~k of the 4k sampled rows (same rows chosen).
+    done = np.flatnonzero(rank.min(axis=1) >= k - 1)
+    rows = int(done[0]) + 1 if done.size else len(sample)
+    silent, rank = silent[:rows], rank[:rows]
     chosen = silent & (rank < k)
     d = fires.shape[1]
     per_chunk = max(1, _NONACTIVATING_CHUNK_ROWS // max(k, 1))
     for first in range(0, d, per_chunk):
-        block = chosen[:, first : first + per_chunk]
-        positions, features = np.nonzero(block.T)[::-1]  # ordered by feature, then sample position
+        block = np.ascontiguousarray(chosen[:, first : first + per_chunk].T)
+        features, positions = np.nonzero(block)  # ordered by feature, then sample position
         features = features + first
         if positions.size == 0:
             continue
