@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "collect",
     "evaluate",
     "hard_negatives",
+    "match_features",
     "explain",
     "import_labels",
     "score",

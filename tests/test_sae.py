@@ -709,3 +709,29 @@ def test_train_sae_cli_on_tiny_random_model(smollm2, tmp_path, capsys):
         main(["train-sae", "--model", str(model_dir), "--hook", "layers.9", "--out", str(tmp_path / "x")])
         == 2
     )
+
+
+def test_train_sae_cli_several_k_needs_a_k_placeholder(capsys):
+    from autointerp.cli import main
+
+    assert main(["train-sae", "--out", "/tmp/unused-sae", "--k", "16,64"]) == 2
+    assert "has no {k}" in capsys.readouterr().err
+    assert main(["train-sae", "--out", "/tmp/unused-sae-{k}", "--k", "16,x"]) == 2
+    assert "not an integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_saes_share_one_model_pass_and_match_separate_training(smollm2, tmp_path, one_thread):
+    """train-sae --k 4,8: the k=8 SAE trained on the replayed tape equals one trained alone; the tape is removed."""
+    from autointerp.cli import main
+
+    common = ["--model", "smollm2", "--hook", "layers.3", "--tokens", "3000", "--latents", "64", "--no-progress"]
+    assert main(["train-sae", *common, "--k", "4,8", "--out", str(tmp_path / "both" / "sae-k{k}")]) == 0
+    assert main(["train-sae", *common, "--k", "8", "--out", str(tmp_path / "alone")]) == 0
+    together, alone = load_sae(tmp_path / "both" / "sae-k8"), load_sae(tmp_path / "alone")
+    assert together.cfg.k == 8 and load_sae(tmp_path / "both" / "sae-k4").cfg.k == 4
+    assert torch.equal(together.W_dec, alone.W_dec) and torch.equal(together.W_enc, alone.W_enc)
+    first = json.loads((tmp_path / "both" / "sae-k4" / "training.json").read_text())
+    replayed = json.loads((tmp_path / "both" / "sae-k8" / "training.json").read_text())
+    assert first["seconds_model"] > 0 and replayed["seconds_model"] == 0
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["sae-k4", "sae-k8"]

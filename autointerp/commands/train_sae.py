@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from autointerp.errors import UserError
 
@@ -40,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokens", type=int, default=_DEFAULTS["tokens"], help="training tokens (default 300000)"
     )
     parser.add_argument("--latents", type=int, default=_DEFAULTS["latents"], help="SAE width (default 4608)")
-    parser.add_argument("--k", type=int, default=_DEFAULTS["k"], help="active latents per token (default 32)")
+    parser.add_argument(
+        "--k",
+        default=str(_DEFAULTS["k"]),
+        help="active latents per token (default 32); several (16,64) train one SAE each on the "
+        "same model pass, written to --out with {k} replaced",
+    )
     parser.add_argument(
         "--out", required=True, help="output SAE directory (must not exist unless --overwrite)"
     )
@@ -73,8 +79,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autointerp.sae.train import TrainConfig, train_topk_sae
+    from dataclasses import replace
 
+    from autointerp.sae.train import TrainConfig, train_topk_saes
+
+    try:
+        ks = [int(k) for k in str(args.k).split(",")]
+    except ValueError:
+        raise UserError(
+            f"--k {args.k!r} is not an integer or a comma list", "e.g. --k 32 or --k 16,64"
+        ) from None
+    if len(ks) > 1 and "{k}" not in args.out:
+        raise UserError(
+            f"--k {args.k} trains {len(ks)} SAEs but --out {args.out!r} has no {{k}}",
+            "put {k} in --out, e.g. --out sae-k{k}",
+        )
+    if len(set(ks)) != len(ks):
+        raise UserError(f"--k {args.k} repeats a value", "list each k once")
+    args.k = min(ks)
     for name in ("tokens", "latents", "k", "batch_size", "model_batch_size", "ctx_len"):
         if getattr(args, name) <= 0:
             raise UserError(
@@ -97,9 +119,23 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    result = train_topk_sae(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    for k in ks:
+        if not 1 <= k <= args.latents:
+            raise UserError(f"--k {k} must be between 1 and --latents", "e.g. --k 32")
+    cfgs = [replace(cfg, k=k) for k in ks]
+    outs = [args.out.replace("{k}", str(k)) for k in ks]
+    for cfg, result in zip(
+        cfgs,
+        train_topk_saes(cfgs, outs, overwrite=args.overwrite, progress=not args.no_progress),
+        strict=True,
+    ):
+        _print_result(cfg, result)
+    return 0
+
+
+def _print_result(cfg: Any, result: Any) -> None:
     print(
-        f"trained {args.latents} latents (k={args.k}) on {result.tokens} tokens in {result.steps} steps, "
+        f"trained {cfg.latents} latents (k={cfg.k}) on {result.tokens} tokens in {result.steps} steps, "
         f"{result.seconds:.0f} s (model forward {result.seconds_model:.0f} s)\n"
         f"fraction of variance explained on {result.eval_tokens} held-out tokens: {result.fve:.3f} "
         f"(before training {result.initial_fve:.3f}); on ordinary tokens {result.fve_typical:.3f} "
@@ -107,4 +143,3 @@ def run(args: argparse.Namespace) -> int:
         f"L0 {result.l0:.1f}; dead latents {100 * result.dead_fraction:.1f}%\n"
         f"SAE written to {result.out_dir} (SAELens format; training.json beside it)"
     )
-    return 0
