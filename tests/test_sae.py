@@ -725,7 +725,7 @@ def test_train_saes_share_one_model_pass_and_match_separate_training(smollm2, tm
     """train-sae --k 4,8: the k=8 SAE trained on the replayed tape equals one trained alone; the tape is removed."""
     from autointerp.cli import main
 
-    common = ["--model", "smollm2", "--hook", "layers.3", "--tokens", "3000", "--latents", "64", "--no-progress"]
+    common = "--model smollm2 --hook layers.3 --tokens 3000 --latents 64 --no-progress".split()
     assert main(["train-sae", *common, "--k", "4,8", "--out", str(tmp_path / "both" / "sae-k{k}")]) == 0
     assert main(["train-sae", *common, "--k", "8", "--out", str(tmp_path / "alone")]) == 0
     together, alone = load_sae(tmp_path / "both" / "sae-k8"), load_sae(tmp_path / "alone")
