@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
 # The two-SAE study committed under reports/ (README, "A real study"): two TopK SAEs on SmolLM2 layer 15 that
-# differ only in k (16 vs 64; same width, tokens, seed), collected on the same wiki tokens (one workspace per SAE,
-# so the two pipelines can run side by side on a small machine; compare reads both),
-# the same seeded middle-density feature sample labelled and scored with the embedded SmolLM2, shuffled-label
-# null baseline on, intruder (explanation-free) on, detection also against hard negatives; then `compare`.
-# Sized for 2 CPU cores: STUDY_TRAIN_TOKENS / STUDY_TOKENS / STUDY_FEATURES make it bigger.
+# differ only in k (16 vs 64; same width, training tokens and seed, trained on ONE model pass), both collected
+# into ONE workspace on the same wiki tokens. Each SAE gets a seeded middle-density sample of STUDY_FEATURES
+# features, plus the decoder-cosine partners (>= 0.7) of the other SAE's sample, so matched pairs have scores
+# on both sides. Labelled and scored with the embedded SmolLM2: shuffled-label null baseline on, intruder
+# (explanation-free) on, detection also against hard negatives; then `compare` (SAE metrics, every scorer with
+# CIs, matched pairs with paired differences, significance in words). Each step prints its wall time.
+# Cost on 2 CPU cores: model pass ~2.6k tokens/s-core-ish for training; scoring ~40-60 s per feature (all
+# scorers, null baseline, hard negatives), so STUDY_FEATURES=12 (<= 24 scored per SAE) is ~45 min.
 set -euo pipefail
-WORK=${STUDY_DIR:-${HOME}/.cache/autointerp/study}
+WORK=${STUDY_DIR:-${HOME}/.cache/autointerp/study2}
 OUT=${STUDY_OUT:-reports/study-k16-vs-k64.html}
-TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-30000}
-TOKENS=${STUDY_TOKENS:-6000}
-FEATURES=${STUDY_FEATURES:-8}
+TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-200000}
+TOKENS=${STUDY_TOKENS:-8000}
+FEATURES=${STUDY_FEATURES:-12}
+N_TEST=${STUDY_N_TEST:-10}
+DB="$WORK/study.duckdb"
 mkdir -p "$WORK"
 ai() { python3 -m autointerp "$@"; }
+step() { local t0=$SECONDS; "$@"; echo "[study] $(( SECONDS - t0 )) s: $*" >&2; }
+if [ ! -f "$WORK/sae-k16/cfg.json" ] || [ ! -f "$WORK/sae-k64/cfg.json" ]; then
+  step ai train-sae --model smollm2 --hook layers.15 --tokens "$TRAIN_TOKENS" --latents 2304 --k 16,64 \
+      --seed 0 --out "$WORK/sae-k{k}" --overwrite --no-progress
+fi
 for k in 16 64; do
-  [ -f "$WORK/sae-k$k/cfg.json" ] || ai train-sae --model smollm2 --hook layers.15 --tokens "$TRAIN_TOKENS" \
-      --latents 2304 --k "$k" --out "$WORK/sae-k$k" --overwrite --no-progress
-done
-for k in 16 64; do
-  name="k$k"
-  DB="$WORK/study-$name.duckdb"
-  ai collect --model smollm2 --hook layers.15 --sae "$WORK/sae-k$k" --sae-name "$name" --corpus wiki \
+  step ai collect --model smollm2 --hook layers.15 --sae "$WORK/sae-k$k" --sae-name "k$k" --corpus wiki \
       --tokens "$TOKENS" --db "$DB" --no-progress
-  ai evaluate --db "$DB" --sae-name "$name" --tokens 4000 --ce-tokens 1000 --no-progress
-  ai explain --db "$DB" --sae-name "$name" --llm local:smollm2 --features "middle:$FEATURES" --seed 0 --no-progress
-  ai hard-negatives --db "$DB" --sae-name "$name"
-  ai score --db "$DB" --sae-name "$name" --llm local:smollm2 --scorers detection,simulation,embedding,intruder \
-      --seed 0 --no-progress
-  ai score --db "$DB" --sae-name "$name" --llm local:smollm2 --scorers detection --negatives hard \
-      --seed 0 --no-progress --null-sample 0
+  step ai evaluate --db "$DB" --sae-name "k$k" --tokens 4000 --ce-tokens 1000 --no-progress
+  step ai explain --db "$DB" --sae-name "k$k" --llm local:smollm2 --features "middle:$FEATURES" --seed 0 --no-progress
 done
-ai compare --db "$WORK/study-k16.duckdb" --db "$WORK/study-k64.duckdb" --out "$OUT"
+for pair in "16 64" "64 16"; do
+  set -- $pair
+  partners=$(ai match-features --db "$DB" --from "k$1" --to "k$2" --features "middle:$FEATURES" --seed 0)
+  if [ -n "$partners" ]; then
+    step ai explain --db "$DB" --sae-name "k$2" --llm local:smollm2 --features "$partners" --no-progress
+  fi
+done
+for k in 16 64; do
+  step ai hard-negatives --db "$DB" --sae-name "k$k"
+  step ai score --db "$DB" --sae-name "k$k" --llm local:smollm2 --scorers detection,simulation,embedding,intruder \
+      --n-test "$N_TEST" --seed 0 --no-progress
+  step ai score --db "$DB" --sae-name "k$k" --llm local:smollm2 --scorers detection --negatives hard \
+      --n-test "$N_TEST" --seed 0 --no-progress
+done
+step ai compare --db "$DB" --out "$OUT"
