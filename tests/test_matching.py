@@ -115,3 +115,26 @@ def test_paired_scores_of_matched_features_use_the_matched_ids(tmp_path: Path) -
         assert r.n_pairs == len(common) > 0
         assert np.isclose(r.mean_a, sa[common].mean()) and np.isclose(r.mean_b, sb[common].mean())
         assert np.isclose(r.diff, (sa[common] - sb[common]).mean())
+
+
+def test_match_features_prints_partners_from_one_workspace_holding_both_saes(tmp_path: Path, capsys) -> None:
+    """Both SAEs in ONE DuckDB file (--sae-name): match-features maps A's ids to B's, compare reads both."""
+    n = 24
+    dec = random_decoder(11, d_sae=n, d_in=8)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(12))
+    db = tmp_path / "one.duckdb"
+    build_store(db, sae_name="sae-a", sae_path=_save_sae(tmp_path / "sae-a", dec))
+    build_store(db, sae_name="sae-b", seed=1, sae_path=_save_sae(tmp_path / "sae-b", dec[perm]))
+    capsys.readouterr()
+    args = ["match-features", "--db", str(db), "--from", "sae-a", "--to", "sae-b"]
+    assert main(args + ["--features", "0-5,9"]) == 0
+    printed = capsys.readouterr()
+    inverse = {int(perm[j]): j for j in range(n)}  # B feature j is A feature perm[j]
+    assert printed.out.strip() == ",".join(str(i) for i in sorted(inverse[a] for a in (0, 1, 2, 3, 4, 5, 9)))
+    assert "7 of 7 sae-a features have a sae-b match" in printed.err
+    assert main(args + ["--features", "0-5", "--threshold", "2"]) == 2
+    assert "fix:" in capsys.readouterr().err
+    out = tmp_path / "cmp.html"
+    assert main(["compare", "--db", str(db), "--out", str(out), "--n-boot", "200", "--n-perm", "200"]) == 0
+    pairs = pd.read_csv(out.with_name("cmp-matches.csv"))
+    assert set(pairs["a"]) == {"sae-a"} and set(pairs["b"]) == {"sae-b"} and len(pairs) >= n
