@@ -6,12 +6,13 @@
 # on both sides. Labelled and scored with the embedded SmolLM2: shuffled-label null baseline on, intruder
 # (explanation-free) on, detection also against hard negatives; then `compare` (SAE metrics, every scorer with
 # CIs, matched pairs with paired differences, significance in words). Each step prints its wall time.
-# Cost on 2 CPU cores: model pass ~2.6k tokens/s-core-ish for training; scoring ~40-60 s per feature (all
-# scorers, null baseline, hard negatives), so STUDY_FEATURES=12 (<= 24 scored per SAE) is ~45 min.
+# Cost on 2 CPU cores (measured): the model forward runs ~360 tokens/s idle (~60 at load 9), so training on
+# 100k tokens is ~5 min idle; scoring was ~50 s per feature (all scorers, null baseline, hard negatives) before
+# the intruder asked each question once per answer position, so the default sample costs ~30-45 min idle.
 set -euo pipefail
 WORK=${STUDY_DIR:-${HOME}/.cache/autointerp/study2}
 OUT=${STUDY_OUT:-reports/study-k16-vs-k64.html}
-TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-200000}
+TRAIN_TOKENS=${STUDY_TRAIN_TOKENS:-100000}
 TOKENS=${STUDY_TOKENS:-8000}
 FEATURES=${STUDY_FEATURES:-12}
 N_TEST=${STUDY_N_TEST:-10}
@@ -19,12 +20,13 @@ DB="$WORK/study.duckdb"
 mkdir -p "$WORK"
 ai() { python3 -m autointerp "$@"; }
 step() { local t0=$SECONDS; "$@"; echo "[study] $(( SECONDS - t0 )) s: $*" >&2; }
-if [ ! -f "$WORK/sae-k16/cfg.json" ] || [ ! -f "$WORK/sae-k64/cfg.json" ]; then
+SAE="$WORK/sae-t$TRAIN_TOKENS"  # cached per training size: a rerun reuses SAEs of the same size only
+if [ ! -f "$SAE-k16/cfg.json" ] || [ ! -f "$SAE-k64/cfg.json" ]; then
   step ai train-sae --model smollm2 --hook layers.15 --tokens "$TRAIN_TOKENS" --latents 2304 --k 16,64 \
-      --seed 0 --out "$WORK/sae-k{k}" --overwrite --no-progress
+      --seed 0 --out "$SAE-k{k}" --overwrite --no-progress
 fi
 for k in 16 64; do
-  step ai collect --model smollm2 --hook layers.15 --sae "$WORK/sae-k$k" --sae-name "k$k" --corpus wiki \
+  step ai collect --model smollm2 --hook layers.15 --sae "$SAE-k$k" --sae-name "k$k" --corpus wiki \
       --tokens "$TOKENS" --db "$DB" --no-progress
   step ai evaluate --db "$DB" --sae-name "k$k" --tokens 4000 --ce-tokens 1000 --no-progress
   step ai explain --db "$DB" --sae-name "k$k" --llm local:smollm2 --features "middle:$FEATURES" --seed 0 --no-progress
