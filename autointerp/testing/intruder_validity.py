@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from autointerp.store import RunInfo, Store
@@ -57,11 +58,18 @@ def write_random_sae(directory: Path, d_in: int, d_sae: int, k: int, seed: int) 
     return save_saelens(sae.eval(), directory)
 
 
-def group_result(store: Store, run_id: str, name: str, seed: int) -> GroupResult:
+def intruder_scores(store: Store, run_id: str, model: str, ids: list[int]) -> pd.DataFrame:
+    """This judge's intruder scores of the features asked (a workspace may hold other judges' and sizes')."""
+    scores = store.label_free_scores(run_id)
+    keep = (
+        (scores["scorer"] == "intruder") & (scores["scorer_model"] == model) & scores["feature_id"].isin(ids)
+    )
+    return scores[keep]
+
+
+def group_result(scores: pd.DataFrame, name: str, seed: int) -> GroupResult:
     from autointerp.report.stats import STATISTICS, bootstrap_ci
 
-    scores = store.label_free_scores(run_id)
-    scores = scores[scores["scorer"] == "intruder"]
     ok = scores[scores["status"] == "ok"]
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(scores["status"].value_counts().items())) or "none"
     if ok.empty:
@@ -239,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                 await client.aclose()
 
         asyncio.run(go())
+        a = intruder_scores(store, planted.run_id, client.model_name, planted_ids)
+        b = intruder_scores(store, random_run.run_id, client.model_name, random_ids)
         rows = [
-            group_result(store, planted.run_id, "planted", args.seed),
-            group_result(store, random_run.run_id, "random SAE latents", args.seed),
+            group_result(a, "planted", args.seed),
+            group_result(b, "random SAE latents", args.seed),
         ]
-        a = store.label_free_scores(planted.run_id)
-        b = store.label_free_scores(random_run.run_id)
+
     diff = unpaired_difference(
         a[a["status"] == "ok"]["score"].to_numpy(float),
         b[b["status"] == "ok"]["score"].to_numpy(float),
