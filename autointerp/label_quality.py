@@ -16,9 +16,22 @@ from dataclasses import dataclass, field
 
 #: Phrases from our explain prompts (v1 and v2) and their instructions, and stock openers that say nothing.
 ECHO_PHRASES = (
-    "marked tokens", "marked token", "the words themselves", "their context, or what follows",
-    "what follows", "in common", "the feature", "this feature", "neural network", "excerpt",
-    "explanation", "<label>", "<phrase>", "json", "as follows", "double angle",
+    "marked tokens",
+    "marked token",
+    "the words themselves",
+    "their context, or what follows",
+    "what follows",
+    "in common",
+    "the feature",
+    "this feature",
+    "neural network",
+    "excerpt",
+    "explanation",
+    "<label>",
+    "<phrase>",
+    "json",
+    "as follows",
+    "double angle",
 )
 MARKERS = ("<<", ">>", "{", "}")
 #: The worked examples' labels in prompts/explain_v2.j2 and explain_v3.j2: a small model may copy one for
@@ -90,3 +103,77 @@ def label_quality(labels: Iterable[object]) -> LabelQuality:
         if problem:
             quality.problems[problem] += 1
     return quality
+
+
+#: How explain's `error` column starts on an ok label that was accepted after rejected replies, and on a
+#: feature left without a usable label (`unusable_label`: the last rejection's problem comes first).
+ACCEPTED_PREFIX = "label accepted after rejecting"
+PROBLEMS = ("empty", "marker", "example_copy", "echo", "repeat")
+
+
+def rejection_note(rejected: list[tuple[str, str]], final: bool) -> str:
+    """The `error` text explain stores for replies the label-quality check rejected: (problem, label) each.
+
+    Parseable on purpose (`first_reply_problem`): the problem names come first, the labels are cut short.
+    """
+    body = "; ".join(f"{problem} {label[:80]!r}" for problem, label in rejected)
+    if final:
+        return f"{rejected[-1][0]}: no usable label in {len(rejected)} replies (label-quality check): {body}"
+    return f"{ACCEPTED_PREFIX} {len(rejected)}: {body}"
+
+
+def final_problem(status: object, label: object, error: object) -> str | None:
+    """Why a stored explanation row has no usable label, or None: an ok row's label is checked again (sets
+    written without `reject_unusable` keep bad labels); an `unusable_label` row names its problem; any
+    other failure has no label ('empty')."""
+    if status == "ok":
+        return label_problem(label)
+    if status == "unusable_label" and isinstance(error, str) and error.split(":", 1)[0] in PROBLEMS:
+        return error.split(":", 1)[0]
+    return "empty"
+
+
+def first_reply_problem(status: object, label: object, error: object) -> str | None:
+    """What was wrong with the FIRST reply of a stored explanation row (None: it was a usable label), read
+    back from the rejection note explain keeps; what the retries hide, this shows."""
+    if status == "ok" and isinstance(error, str) and error.startswith(ACCEPTED_PREFIX):
+        first = error.split(": ", 1)[1].split(" ", 1)[0] if ": " in error else ""
+        return first if first in PROBLEMS else "empty"
+    if status == "unusable_label" and isinstance(error, str) and ": " in error:
+        first = error.rsplit("check): ", 1)[-1].split(" ", 1)[0]
+        return first if first in PROBLEMS else final_problem(status, label, error)
+    return final_problem(status, label, error)
+
+
+@dataclass
+class SetLabelQuality:
+    """Label quality of one explanation set: what the stored labels are, and what the first replies were."""
+
+    final: LabelQuality
+    first: LabelQuality
+    n_retried_to_usable: int = 0
+
+    def format(self) -> str:
+        text = self.final.format()
+        if self.first.n_bad != self.final.n_bad:
+            text += (
+                f"; first replies: {self.first.n_bad} of {self.first.n} not labels "
+                f"({100 * self.first.bad_share:.0f} %), {self.n_retried_to_usable} fixed by a sampled retry"
+            )
+        return text
+
+
+def set_label_quality(rows: Iterable[tuple[object, object, object]]) -> SetLabelQuality:
+    """From (status, explanation, error) per stored row of a set."""
+    out = SetLabelQuality(LabelQuality(), LabelQuality())
+    for status, label, error in rows:
+        for quality, problem in (
+            (out.final, final_problem(status, label, error)),
+            (out.first, first_reply_problem(status, label, error)),
+        ):
+            quality.n += 1
+            if problem:
+                quality.problems[problem] += 1
+        if status == "ok" and isinstance(error, str) and error.startswith(ACCEPTED_PREFIX):
+            out.n_retried_to_usable += 1
+    return out

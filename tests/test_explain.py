@@ -7,6 +7,7 @@ Invariant checked everywhere: a label exists only on an 'ok' row; every failure 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from autointerp.cli import main as cli_main
 from autointerp.errors import UserError
 from autointerp.explain import ExplainConfig, explain
 from autointerp.explain.formatting import Example, build_messages, render_example
+from autointerp.label_quality import ACCEPTED_PREFIX, set_label_quality
 from autointerp.llm import make_client
 from autointerp.prompting import load_prompt
 from autointerp.selection import parse_feature_spec
@@ -231,6 +233,66 @@ def test_content_failures_wait_for_retry_failed(db: Path) -> None:
     assert len(frame) == 3 and (frame["status"] == "ok").all() and frame["raw_text"].notna().all()
 
 
+# ---------------------------------------------------------------------- replies that are not labels
+
+ECHO = "The marked tokens have in common the words themselves, their context, or what follows."
+
+
+def _label_reply(good_from_attempt: int | None):
+    """A chat reply that echoes the prompt for the first attempts (seed = config seed + attempt) and writes
+    a real label from `good_from_attempt` on (None: never)."""
+
+    def reply(body: dict) -> str:
+        attempt = int(body.get("seed") or 0)
+        good = good_from_attempt is not None and attempt >= good_from_attempt
+        return json.dumps({"explanation": "names of rivers in Europe" if good else ECHO})
+
+    return reply
+
+
+def test_an_echoed_prompt_is_retried_to_a_real_label(db: Path) -> None:
+    with FakeOpenAIServer(chat_reply=_label_reply(good_from_attempt=1)) as server:
+        summary = run_explain(db, server.base_url, ExplainConfig(retries=2), features=[0, 1, 2])
+        first_temperatures = [r.body["temperature"] for r in server.requests if r.body.get("seed") == 0]
+        retry_temperatures = [r.body["temperature"] for r in server.requests if r.body.get("seed") == 1]
+    assert summary.n_ok == 3 and summary.n_failed == 0
+    assert set(first_temperatures) == {0.0} and min(retry_temperatures) > 0  # the retry samples
+    frame = rows(db)
+    assert (frame["explanation"] == "names of rivers in Europe").all() and (frame["attempts"] == 2).all()
+    assert frame["error"].str.startswith(ACCEPTED_PREFIX).all()  # what was rejected stays on record
+    quality = set_label_quality(zip(frame["status"], frame["explanation"], frame["error"], strict=True))
+    assert (quality.final.n_bad, quality.first.n_bad, quality.n_retried_to_usable) == (0, 3, 3)
+    assert quality.first.problems == {"echo": 3}
+
+
+def test_a_feature_without_a_usable_label_is_a_failure_not_a_label(db: Path) -> None:
+    config = ExplainConfig(retries=2)
+    with FakeOpenAIServer(chat_reply=_label_reply(good_from_attempt=None)) as server:
+        summary = run_explain(db, server.base_url, config, features=[0, 1])
+        again = run_explain(db, server.base_url, config, features=[0, 1])
+    assert summary.n_ok == 0 and summary.failures == {"unusable_label": 2}
+    assert again.n_attempted == 0 and again.n_failed_skipped == 2  # like any content failure: --retry-failed
+    frame = rows(db)
+    assert (frame["status"] == "unusable_label").all() and (frame["attempts"] == config.retries + 1).all()
+    assert_no_label_without_ok(frame)
+    assert frame["error"].str.startswith("echo: no usable label in 3 replies").all()
+    assert frame["raw_text"].str.contains("marked tokens").all()
+    quality = set_label_quality(zip(frame["status"], frame["explanation"], frame["error"], strict=True))
+    assert quality.final.problems == {"echo": 2} and quality.first.problems == {"echo": 2}
+
+
+def test_reject_unusable_off_keeps_what_parses(db: Path) -> None:
+    with FakeOpenAIServer(chat_reply=_label_reply(good_from_attempt=None)) as server:
+        summary = run_explain(db, server.base_url, ExplainConfig(reject_unusable=False), features=[0, 1])
+        assert chat_requests(server) == 2
+    assert summary.n_ok == 2
+    frame = rows(db)
+    assert (frame["explanation"] == ECHO).all()
+    quality = set_label_quality(zip(frame["status"], frame["explanation"], frame["error"], strict=True))
+    assert quality.final.problems == {"echo": 2}  # the report still says these are not labels
+    assert ExplainConfig(reject_unusable=False).hash != ExplainConfig().hash
+
+
 # ---------------------------------------------------------------------- kill -9 mid-run
 
 def test_kill_9_mid_run_loses_only_items_in_flight(db: Path) -> None:
@@ -314,8 +376,11 @@ def test_local_smollm2_labels_a_handful_of_features(db: Path) -> None:
     frame = rows(db)
     assert summary.n_attempted == 2 and len(frame) == 2
     assert summary.n_ok + summary.n_failed == 2
-    assert summary.n_ok >= 1, frame[["status", "error", "raw_text"]].to_dict("records")
-    assert set(frame["status"]) <= {"ok", "parse_error", "schema_error", "empty", "truncated"}
+    # guided decoding makes replies parse: a label, or a parsed reply the label-quality check rejected
+    # (SmolLM2 often copies explain_v2's first worked example; that must never be stored as a label)
+    parsed = frame["status"].isin(["ok", "unusable_label"])
+    assert parsed.sum() >= 1, frame[["status", "error", "raw_text"]].to_dict("records")
+    assert set(frame["status"]) <= {"ok", "parse_error", "schema_error", "empty", "truncated", "unusable_label"}
     assert_no_label_without_ok(frame)
     assert frame.loc[frame["status"] != "empty", "raw_text"].notna().all()
     assert frame["prompt_tokens"].gt(0).all() and frame["completion_tokens"].gt(0).all()

@@ -80,9 +80,9 @@ def handle(args: argparse.Namespace) -> int:
 
 def _label_quality(store, run_id: str, summary, feature_ids: list[int]) -> str:  # noqa: ANN001
     """The label-quality line for the labels of this model + prompt + config on the selected features."""
-    from autointerp.label_quality import label_quality
+    from autointerp.label_quality import set_label_quality
     from autointerp.prompting import load_prompt
 
     rows = store.set_explanations(run_id, summary.model, load_prompt(summary.prompt).hash, summary.config_hash)
     rows = rows[rows["feature_id"].isin(feature_ids)]
-    return label_quality(rows["explanation"]).format()
+    return set_label_quality(zip(rows["status"], rows["explanation"], rows["error"], strict=True)).format()

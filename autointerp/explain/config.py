@@ -27,6 +27,12 @@ class ExplainConfig:
     seed: int = option(0, "sampling seed and random:N seed")
     # how hard we try, not what a successful reply means: not keyed, so raising it does not redo finished work
     retries: int = option(2, "extra attempts after a reply that does not parse or validate", hashed=False)
+    reject_unusable: bool = option(
+        True,
+        "treat a label the label-quality check rejects (echoed prompt, markers, a copied worked example, "
+        "loops) as a failed attempt: retried hotter, then stored as status unusable_label, never as a label",
+        off_help="store every label that parses, even ones the label-quality check rejects (to study them)",
+    )
     prompt: str = option("explain_v2", "template name under prompts/ (v2: worked examples)")
 
     def __post_init__(self) -> None:

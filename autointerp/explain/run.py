@@ -9,6 +9,11 @@ Why it is shaped this way:
   items in flight, and a rerun skips what is done without duplicating.
 - A reply that does not parse or validate is retried a bounded number of times and then stored as a
   failure with its raw text; a failure never carries a label.
+- A reply that parses but is not a label (`autointerp.label_quality`: the prompt echoed, markers, a copied
+  worked example, a loop) counts as a failed attempt too (`reject_unusable`, on by default): small
+  explainers write one often, and a sampled retry usually writes a real label. An accepted label keeps
+  in `error` which earlier replies were rejected and why, so the share of first replies that were not
+  labels stays measurable; a feature without a usable label after the retries ends `unusable_label`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from autointerp.explain.config import ExplainConfig
 from autointerp.explain.formatting import build_messages, select_examples
 from autointerp.explain.schema import EXPLANATION_SCHEMA, validate_explanation
 from autointerp.hashing import short_hash
+from autointerp.label_quality import label_problem, rejection_note
 from autointerp.llm.base import ChatResult, LLMClient, Status
 from autointerp.llm.runner import Outcome, RunStats, error_text, run_items, run_sync, window_for
 from autointerp.prompting import PromptTemplate, load_prompt
@@ -30,7 +36,13 @@ from autointerp.store import ExampleRecord, RunInfo, Store
 
 #: Failures about the reply's content: worth another attempt within the run, and redone on a rerun only
 #: with --retry-failed (the same prompt will likely fail the same way).
-CONTENT_FAILURES = {Status.PARSE_ERROR, Status.SCHEMA_ERROR, Status.EMPTY, Status.TRUNCATED}
+CONTENT_FAILURES = {
+    Status.PARSE_ERROR,
+    Status.SCHEMA_ERROR,
+    Status.EMPTY,
+    Status.TRUNCATED,
+    Status.UNUSABLE_LABEL,
+}
 #: Failures of the infrastructure (the client already retried them with backoff): a plain rerun redoes them.
 TRANSIENT_FAILURES = {Status.SERVER_ERROR, Status.TIMEOUT, Status.CONNECTION_ERROR, Status.RATE_LIMITED}
 #: Retries after a content failure sample at least this hot, so a deterministic model can give another reply.
@@ -251,6 +263,7 @@ class _Worker:
         """The final result, its label (None unless ok), attempts and tokens summed over all attempts."""
         attempts = prompt_tokens = completion_tokens = 0
         config = self.config
+        rejected: list[tuple[str, str]] = []  # (problem, label) of parsed replies that were not labels
         for attempt in range(config.retries + 1):
             result = await self.client.chat(
                 messages,
@@ -266,16 +279,18 @@ class _Worker:
             completion_tokens += result.completion_tokens
             if result.status is Status.OK:
                 try:
-                    return (
-                        result,
-                        validate_explanation(result.parsed),
-                        attempts,
-                        prompt_tokens,
-                        completion_tokens,
-                    )
+                    label = validate_explanation(result.parsed)
                 except (jsonschema.ValidationError, TypeError, KeyError, AttributeError) as exc:
                     result.status, result.error = Status.SCHEMA_ERROR, f"explanation reply rejected: {exc}"
                     result.parsed = None
+                else:
+                    problem = label_problem(label) if config.reject_unusable else None
+                    if problem is None:
+                        result.error = rejection_note(rejected, final=False) if rejected else None
+                        return result, label, attempts, prompt_tokens, completion_tokens
+                    rejected.append((problem, label))
+                    result.status, result.parsed = Status.UNUSABLE_LABEL, None
+                    result.error = rejection_note(rejected, final=True)
             if result.status not in CONTENT_FAILURES:
                 break
         return result, None, attempts, prompt_tokens, completion_tokens

@@ -16,6 +16,7 @@ class Status(str, enum.Enum):
     OK = "ok"
     PARSE_ERROR = "parse_error"          # reply is not JSON
     SCHEMA_ERROR = "schema_error"        # JSON that breaks the schema
+    UNUSABLE_LABEL = "unusable_label"    # a label the label-quality check rejects (echoed prompt, loop, ...)
     TRUNCATED = "truncated"              # finish_reason == 'length'
     EMPTY = "empty"                      # empty reply
     SERVER_ERROR = "server_error"        # 5xx, or an error body

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from autointerp import __version__
-from autointerp.label_quality import label_quality
+from autointerp.label_quality import set_label_quality
 from autointerp.report import svg
 from autointerp.report.data import (
     DEFAULT_DENSE_THRESHOLD,
@@ -152,8 +152,11 @@ def summarize(data: RunData, options: ReportOptions) -> dict[str, Any]:
         "other_sets": [s for s in data.all_sets if data.explanation_set is None or s.key != data.explanation_set.key],
         "explanation_status": expl_status,
         "n_explained": expl_status.get("ok", 0),
-        # share of unusable labels (echoed prompt, markers, loops; failed items count as empty)
-        "label_quality": label_quality(expl["explanation"]) if not expl.empty else None,
+        # share of unusable labels (echoed prompt, markers, loops; failed items count as empty), and of first
+        # replies that were not labels before explain's sampled retries
+        "label_quality": set_label_quality(zip(expl["status"], expl["explanation"], expl["error"], strict=True))
+        if not expl.empty
+        else None,
         "scorers": scorer_rows,
         "null_baseline": [b.as_dict() for b in null_baselines(data.scores, data.null_scores, data.scorers,
                                                                  label_free=data.label_free_scorers)],

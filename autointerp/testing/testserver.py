@@ -105,7 +105,8 @@ def _example(schema: dict[str, Any], root: dict[str, Any], rng: random.Random) -
         return [_example(schema.get("items", {}), root, rng) for _ in range(count)]
     if kind == "string":
         words = ["tokens", "about", "the", "weather", "in", "Paris", "numbers", "code"]
-        text = " ".join(rng.choice(words) for _ in range(4))
+        # distinct words: a fake label reads like a label (no loop the label-quality check would reject)
+        text = " ".join(rng.sample(words, 4))
         text = text.ljust(int(schema.get("minLength", 0)), "x")
         return text[: int(schema["maxLength"])] if "maxLength" in schema else text
     if kind in ("integer", "number"):
@@ -440,7 +441,7 @@ class FakeOpenAIServer:
             content, finish = (custom.get("content", ""), custom.get("finish_reason", "stop")) \
                 if isinstance(custom, dict) else (str(custom), "stop")
         elif schema is not None:
-            content, finish = json.dumps(example_from_schema(schema, random.Random(len(json.dumps(body))))), "stop"
+            content, finish = json.dumps(example_from_schema(schema, random.Random(zlib.crc32(json.dumps(body, sort_keys=True).encode())))), "stop"
         else:
             content, finish = "This is a reply from the autointerp test server.", "stop"
         if kind == "truncated":
