@@ -383,3 +383,45 @@ def test_the_sync_wrapper_refuses_inside_a_running_loop(planted):
     with pytest.raises(RuntimeError, match="await the async function"):
         asyncio.run(inside())
     assert store.scores(run_id, "detection").empty
+
+
+def test_score_ids_equal_score_id_one_by_one():
+    """The batched ids are the stored keys: a mismatch would make every rerun redo finished scores."""
+    from autointerp.score.runner import score_id, score_ids
+
+    explanation_ids = ["0123abcd", 'quote " and \\ backslash', "unicode é ✓", None, ""]
+    got = score_ids(explanation_ids, "detection", "modèle/x", "ph", "ch")
+    want = [None if e is None else score_id(e, "detection", "modèle/x", "ph", "ch") for e in explanation_ids]
+    assert got == want
+    assert len(set(got[:3])) == 3
+
+
+def test_score_statuses_and_totals_read_the_given_ids(tmp_path):
+    """Ids travel as a registered table: only the asked-for rows are read, unknown ids are absent."""
+    with Store(tmp_path / "w.duckdb") as store:
+        base = {"explanation_id": "e", "run_id": "r", "feature_id": 1, "scorer": "detection",
+                "scorer_model": "m", "prompt_hash": "p", "config_hash": "c", "config": {}, "chance": 0.5,
+                "details": {}, "error": None, "prompt_tokens": 3, "completion_tokens": 2, "latency_s": 0.1}
+        store.put_scores([
+            {**base, "score_id": "a", "status": "ok", "score": 1.0},
+            {**base, "score_id": "b", "status": "ok", "score": 0.0},
+            {**base, "score_id": "c", "status": "parse_error", "score": None},
+        ])
+        assert store.score_statuses(["a", "c", "zz"]) == {"a": "ok", "c": "parse_error"}
+        totals = store.score_totals(["a", "c"])
+        assert list(totals["status"]) == ["ok", "parse_error"]
+        assert list(totals["n"]) == [1, 1] and float(totals["mean_score"].iloc[0]) == 1.0
+        assert int(totals["prompt_tokens"].sum()) == 6
+        assert store.score_statuses([]) == {}
+
+
+def test_split_mismatch_alone_is_found(planted):
+    """The one-pass pre-check must see a context whose recorded split disagrees with its example's,
+    even when no document holds both splits."""
+    store, run_id = planted
+    examples = store.examples(run_id)
+    test_ctx = int(examples[examples["split"] == "test"]["context_id"].iloc[0])
+    store.con.execute("UPDATE contexts SET split = 'explain' WHERE context_id = ?", [test_ctx])
+    leaks = store.split_leaks(run_id)
+    assert (leaks["problem"] == "split mismatch").any()
+    assert set(leaks[leaks["problem"] == "split mismatch"]["context_id"]) == {test_ctx}
