@@ -10,6 +10,7 @@ window, not on the dictionary's width; an interrupted run loses only the items i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -200,34 +201,88 @@ class _Job:
     keys: dict[str, Any]
 
 
-def _jobs(
-    store: Store,
-    run_id: str,
-    rows: list[tuple[str, int, str]],
-    todo: list[tuple[int, int]],
-    scorers: list[Scorer],
-    keys: list[dict[str, Any]],
-    ids: list[list[str | None]],
-    config: ScoreConfig,
-) -> Iterator[list[_Job]]:
-    """The pending jobs in chunks of CHUNK_FEATURES features; each chunk reads its contexts when asked for."""
-    max_act = _max_activations(store, run_id)
-    start = 0
-    while start < len(todo):
+@dataclass
+class _Plan:
+    """What is to be scored, without the per-(row, scorer) ids: those are computed a chunk at a time.
+
+    Holding every id and status of a 65,536-feature dictionary at once (~200 k strings, a status dict and a
+    to-do list) made score's peak RSS and its setup grow with the width; per chunk they do not."""
+
+    run_id: str
+    rows: list[tuple[str, int, str]]  # (explanation_id, feature_id, text); label-free rows after the labelled
+    n_label_rows: int
+    scorers: list[Scorer]
+    keys: list[dict[str, Any]]  # per scorer: model, prompt_hash, config_hash, config
+
+    def row_chunks(self) -> Iterator[list[int]]:
+        """Row indices, feature-major, CHUNK_FEATURES features per chunk (a feature's rows never split)."""
+        order = sorted(range(len(self.rows)), key=lambda r: self.rows[r][1])
+        chunk: list[int] = []
         features: set[int] = set()
-        end = start
-        while end < len(todo) and (rows[todo[end][0]][1] in features or len(features) < CHUNK_FEATURES):
-            features.add(rows[todo[end][0]][1])
-            end += 1
-        contexts = feature_contexts(store, run_id, sorted(features), config)
+        for r in order:
+            fid = self.rows[r][1]
+            if fid not in features and len(features) >= CHUNK_FEATURES:
+                yield chunk
+                chunk, features = [], set()
+            features.add(fid)
+            chunk.append(r)
+        if chunk:
+            yield chunk
+
+    def pairs(self, chunk: list[int]) -> list[tuple[int, int, str]]:
+        """(row, scorer index, score_id) of a chunk: a label scorer covers the explanation rows, a
+        label-free one the per-feature rows after them."""
+        per_scorer = [
+            score_ids(
+                [
+                    self.rows[r][0] if (r < self.n_label_rows) == scorer.needs_explanation else None
+                    for r in chunk
+                ],
+                scorer.name,
+                k["model"],
+                k["prompt_hash"],
+                k["config_hash"],
+            )
+            for scorer, k in zip(self.scorers, self.keys, strict=True)
+        ]
+        out = []
+        for i, r in enumerate(chunk):
+            for s, ids in enumerate(per_scorer):
+                if ids[i] is not None:
+                    out.append((r, s, ids[i]))
+        return out
+
+    def n_pairs(self) -> int:
+        n_free = len(self.rows) - self.n_label_rows
+        return sum(self.n_label_rows if s.needs_explanation else n_free for s in self.scorers)
+
+
+def _jobs(
+    store: Store, plan: _Plan, config: ScoreConfig, retry_failed: bool, skipped: Counter[str]
+) -> Iterator[list[_Job]]:
+    """The pending jobs, chunk by chunk: each chunk computes its ids, reads their statuses (a rerun skips
+    what is stored) and then the contexts of the features with work left."""
+    max_act = _max_activations(store, plan.run_id)
+    for chunk in plan.row_chunks():
+        pairs = plan.pairs(chunk)
+        statuses = store.score_statuses([i for _, _, i in pairs])
+        todo = []
+        for r, s, sid in pairs:
+            status = statuses.get(sid)
+            if status is None or (retry_failed and status not in DONE_STATUSES):
+                todo.append((r, s, sid))
+            else:
+                skipped[plan.scorers[s].name] += 1
+        if not todo:
+            continue
+        contexts = feature_contexts(store, plan.run_id, sorted({plan.rows[r][1] for r, _, _ in todo}), config)
         items: dict[int, FeatureToScore] = {}
-        chunk = []
-        for r, s in todo[start:end]:
+        jobs = []
+        for r, s, sid in todo:
             if r not in items:
-                items[r] = _item(rows[r], contexts, max_act, config)
-            chunk.append(_Job(items[r], scorers[s], {**keys[s], "score_id": ids[s][r]}))
-        yield chunk
-        start = end
+                items[r] = _item(plan.rows[r], contexts, max_act, config)
+            jobs.append(_Job(items[r], plan.scorers[s], {**plan.keys[s], "score_id": sid}))
+        yield jobs
 
 
 async def ascore_features(
@@ -268,103 +323,102 @@ async def ascore_features(
         await client.check()  # a dead server is a UserError before any work; it may settle model_name
 
     keys: list[dict[str, Any]] = []
-    ids: list[list[str | None]] = []
     for scorer in instances:
         config_dict = scorer.config_for_hash()
-        k = {
-            "model": scorer.model_name,
-            "prompt_hash": scorer.prompt_hash,
-            "config_hash": short_hash(config_dict),
-            "config": config_dict,
-        }
-        keys.append(k)
-        # a label scorer covers the explanation rows, a label-free one the per-feature rows after them
-        ids.append(
-            score_ids(
-                [eid if (r < n_label_rows) == scorer.needs_explanation else None
-                 for r, (eid, _, _) in enumerate(rows)],
-                scorer.name, k["model"], k["prompt_hash"], k["config_hash"],
-            )
+        keys.append(
+            {
+                "model": scorer.model_name,
+                "prompt_hash": scorer.prompt_hash,
+                "config_hash": short_hash(config_dict),
+                "config": config_dict,
+            }
         )
-    statuses = store.score_statuses([i for scorer_ids in ids for i in scorer_ids if i]) if rows else {}
+    plan = _Plan(info.run_id, rows, n_label_rows, instances, keys)
     skipped: Counter[str] = Counter()
-    # (explanation row, scorer index), feature-major so each feature's contexts are read once
-    todo: list[tuple[int, int]] = []
-    for r in sorted(range(len(rows)), key=lambda r: rows[r][1]):
-        for s, scorer in enumerate(instances):
-            if ids[s][r] is None:
-                continue
-            status = statuses.get(ids[s][r])
-            if status is None or (retry_failed and status not in DONE_STATUSES):
-                todo.append((r, s))
-            else:
-                skipped[scorer.name] += 1
-    del statuses
 
-    if todo:
+    async def process(job: _Job) -> Outcome:
+        outcome = await job.scorer.score(job.item)
+        return Outcome(
+            outcome.status,
+            _row(job.item, job.scorer, job.keys, info.run_id, outcome),
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            requests=0,
+        )  # not counted per scorer
 
-        async def process(job: _Job) -> Outcome:
-            outcome = await job.scorer.score(job.item)
-            return Outcome(
-                outcome.status,
-                _row(job.item, job.scorer, job.keys, info.run_id, outcome),
-                outcome.prompt_tokens,
-                outcome.completion_tokens,
-                requests=0,
-            )  # not counted per scorer
+    def fail(job: _Job, exc: BaseException) -> Outcome:
+        outcome = ScoreOutcome(Status.EXCEPTION.value, error=error_text(exc))
+        return Outcome(outcome.status, _row(job.item, job.scorer, job.keys, info.run_id, outcome), requests=0)
 
-        def fail(job: _Job, exc: BaseException) -> Outcome:
-            outcome = ScoreOutcome(Status.EXCEPTION.value, error=error_text(exc))
-            return Outcome(
-                outcome.status, _row(job.item, job.scorer, job.keys, info.run_id, outcome), requests=0
-            )
-
-        window = window_for(client) if client is not None else WINDOW_WITHOUT_CLIENT
-        stats = await run_items(
-            _jobs(store, info.run_id, rows, todo, instances, keys, ids, config),
-            process,
-            fail,
-            store.put_scores,
-            window=window,
-            total=len(todo),
-            name="score",
-            progress=progress,
-        )
-    else:
-        stats = RunStats(name="score")
-    summary = summarise(
-        store, info, instances, {s.name: [x for x in ids[i] if x] for i, s in enumerate(instances)}, skipped,
-        n_explanations,
+    window = window_for(client) if client is not None else WINDOW_WITHOUT_CLIENT
+    stats = await run_items(
+        _jobs(store, plan, config, retry_failed, skipped),
+        process,
+        fail,
+        store.put_scores,
+        window=window,
+        total=plan.n_pairs(),  # an upper bound: ids already stored are skipped chunk by chunk
+        name="score",
+        progress=progress,
     )
+    summary = await asyncio.to_thread(summarise, store, info, plan, skipped, n_explanations)
     summary.run = stats
     return summary
 
 
+#: Score ids per aggregate query when summarising (bounded, like the chunks).
+SUMMARY_IDS = 8192
+
+
 def summarise(
-    store: Store,
-    info: RunInfo,
-    scorers: list[Scorer],
-    ids: dict[str, list[str]],
-    skipped: Counter[str],
-    n_explanations: int,
+    store: Store, info: RunInfo, plan: _Plan, skipped: Counter[str], n_explanations: int
 ) -> ScoreSummary:
-    """Per scorer, over the ids this call covered: counts per status, mean of ok scores, tokens (one
-    aggregate query each, so a whole dictionary's rows are never loaded)."""
+    """Per scorer, over the ids this call covered: counts per status, mean of ok scores, tokens (aggregate
+    queries over bounded id batches, so neither a whole dictionary's rows nor its ids are held at once)."""
+    n_items: Counter[str] = Counter()
+    counts: dict[str, Counter[str]] = {s.name: Counter() for s in plan.scorers}
+    scored: Counter[str] = Counter()  # ok rows with a score, per scorer
+    score_sum: Counter[str] = Counter()
+    chance: dict[str, float] = {}
+    tokens: dict[str, list[int]] = {s.name: [0, 0] for s in plan.scorers}
+    batch: dict[str, list[str]] = {s.name: [] for s in plan.scorers}
+
+    def flush(name: str) -> None:
+        totals = store.score_totals(batch[name])
+        batch[name] = []
+        for row in totals.itertuples(index=False):
+            counts[name][str(row.status)] += int(row.n)
+            tokens[name][0] += int(row.prompt_tokens)
+            tokens[name][1] += int(row.completion_tokens)
+            if row.status == Status.OK.value:
+                if int(row.n_scored):
+                    scored[name] += int(row.n_scored)
+                    score_sum[name] += float(row.mean_score) * int(row.n_scored)
+                if name not in chance and not pd.isna(row.chance):
+                    chance[name] = float(row.chance)
+
+    for chunk in plan.row_chunks():
+        for _, s, sid in plan.pairs(chunk):
+            name = plan.scorers[s].name
+            n_items[name] += 1
+            batch[name].append(sid)
+            if len(batch[name]) >= SUMMARY_IDS:
+                flush(name)
     out = {}
-    for scorer in scorers:
-        totals = store.score_totals(ids[scorer.name])
-        ok = totals[totals["status"] == Status.OK.value]
-        chance = ok["chance"].dropna()
-        out[scorer.name] = ScorerSummary(
-            scorer=scorer.name,
+    for scorer in plan.scorers:
+        name = scorer.name
+        if batch[name]:
+            flush(name)
+        out[name] = ScorerSummary(
+            scorer=name,
             model=scorer.model_name,
-            n_items=len(ids[scorer.name]),
-            n_skipped=skipped[scorer.name],
-            status_counts={str(k): int(v) for k, v in zip(totals["status"], totals["n"], strict=True)},
-            mean_score=float(ok["mean_score"].iloc[0]) if len(ok) else None,
-            chance=float(chance.iloc[0]) if len(chance) else None,
-            prompt_tokens=int(totals["prompt_tokens"].sum()),
-            completion_tokens=int(totals["completion_tokens"].sum()),
+            n_items=n_items[name],
+            n_skipped=skipped[name],
+            status_counts=dict(sorted(counts[name].items())),
+            mean_score=score_sum[name] / scored[name] if scored[name] else None,
+            chance=chance.get(name),
+            prompt_tokens=tokens[name][0],
+            completion_tokens=tokens[name][1],
         )
     return ScoreSummary(
         run_id=info.run_id, sae_name=info.sae_name, n_explanations=n_explanations, scorers=out

@@ -76,8 +76,11 @@ def _example_filters(
     )
     params: list[Any] = [run_id]
     if feature_ids is not None:
-        sql += " AND e.feature_id IN (SELECT UNNEST(?::INTEGER[]))"
-        params.append([int(f) for f in feature_ids])
+        ids = [int(f) for f in feature_ids]
+        # the BETWEEN lets DuckDB skip row groups by their min/max (examples are stored feature-major), so a
+        # chunk's read no longer scans every example of a wide dictionary; the IN picks the exact ids
+        sql += " AND e.feature_id BETWEEN ? AND ? AND e.feature_id IN (SELECT UNNEST(?::INTEGER[]))"
+        params += [min(ids, default=0), max(ids, default=-1), ids]
     if split is not None:
         sql += " AND e.split = ?"
         params.append(split)
@@ -543,11 +546,11 @@ class Store:
                     for t in ("explanations", "scores")}
 
     def score_totals(self, score_ids: Sequence[str]) -> pd.DataFrame:
-        """Per status of the given scores: n, mean score, the first chance level and token sums.
+        """Per status of the given scores: n, n with a score, mean score, the first chance level and token sums.
 
         Summaries of a whole dictionary read this instead of every score row (details included)."""
         return self._query_with_ids(
-            "SELECT status, count(*) AS n, avg(score) AS mean_score, any_value(chance) AS chance, "
+            "SELECT status, count(*) AS n, count(score) AS n_scored, avg(score) AS mean_score, any_value(chance) AS chance, "
             "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens "
             "FROM scores s JOIN _ids ON s.score_id = _ids.id GROUP BY status ORDER BY status",
             score_ids,
