@@ -11,8 +11,6 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from autointerp.report.matching import DEFAULT_MATCH_THRESHOLD
-
     parser = subparsers.add_parser(
         "match-features",
         help="print the best decoder-cosine matches in SAE --to of a feature sample of SAE --from",
@@ -32,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_MATCH_THRESHOLD,
-        help="decoder cosine a match needs (default %(default)s, compare's 'exists in both')",
+        default=None,
+        help="decoder cosine a match needs (default: compare's --match-threshold default, 'exists in both')",
     )
     parser.set_defaults(func=handle)
 
@@ -42,11 +40,14 @@ def handle(args: argparse.Namespace) -> int:
     import sys
 
     from autointerp.errors import UserError
+    from autointerp.report.matching import DEFAULT_MATCH_THRESHOLD
     from autointerp.sae import load_sae
     from autointerp.sae.matching import match_decoders
     from autointerp.selection import parse_feature_spec
     from autointerp.store import Store
 
+    if args.threshold is None:  # resolved here: importing the default at parser build time would load torch
+        args.threshold = DEFAULT_MATCH_THRESHOLD
     if not -1.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold {args.threshold} is not a cosine", "use a value in [-1, 1], e.g. 0.7")
     with Store(args.db) as store:
