@@ -32,6 +32,7 @@ import pandas as pd
 from autointerp.collect.hard_negatives import HARD_NEGATIVE_KIND
 from autointerp.store import Store
 from autointerp.testing.planted import RIGHT, PlantedFeature
+from autointerp.testing.tables import render_table
 
 
 def sibling_order(features: Sequence[PlantedFeature], fid: int) -> list[int]:
@@ -151,13 +152,7 @@ def format_hardness(rows: Sequence[HardnessRow], markdown: bool = False) -> str:
         ]
         for r in rows
     ]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join(
-        "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body]
-    )
+    return render_table(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from autointerp.store import RunInfo, Store
+from autointerp.testing.tables import render_table
 
 RANDOM_SAE_NAME = "random-sae"
 
@@ -128,13 +129,7 @@ def format_table(rows: list[GroupResult], diff: object, markdown: bool = False) 
             "separates" if d.low > 0 else "does not separate (CI includes 0)",
         ]
     )
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join(
-        "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body]
-    )
+    return render_table(head, body, markdown)
 
 
 def collect_random_sae(db: Path, work: Path, tokens: int, d_sae: int, k: int, seed: int) -> None:

@@ -36,6 +36,7 @@ import pandas as pd
 
 from autointerp.hashing import short_hash
 from autointerp.store import Store
+from autointerp.testing.tables import render_table
 
 Token = tuple[int, str]
 
@@ -377,11 +378,7 @@ def format_validity(rows: Sequence[ValidityRow], markdown: bool = False) -> str:
              "n/a" if r.share_right_wins is None else f"{r.share_right_wins:.0%}",
              "yes" if r.separates else "no (CI includes 0)" if r.n_pairs else "no (no pairs)", r.statuses]
             for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body])
+    return render_table(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
