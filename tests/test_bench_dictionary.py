@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from autointerp.bench.dictionary import _rates, _run_stage, _server_requests
 from autointerp.store import Store
 from autointerp.testing.synthetic import build_dictionary_store
@@ -39,3 +41,21 @@ def test_an_explain_stage_child_reports_items_requests_and_rss(tmp_path: Path) -
     assert figures["requests"] >= 40 and figures["peak_rss_mb"] > 50 and figures["first_reply_s"] is not None
     with Store(db) as store:
         assert (store.explanations(run.run_id)["status"] == "ok").sum() == 40
+
+
+def test_the_server_process_cpu_is_measured_apart_from_the_stage() -> None:
+    """The bench prints server CPU per request (the server shares the cores): it must be a real reading."""
+    import urllib.request
+
+    from autointerp.bench.llm import _test_server
+
+    server = _test_server(argparse.Namespace(in_process_server=False, latency=0.0, capacity=4))
+    with server as url:
+        before = server.cpu_s()
+        assert before > 0  # its start-up (imports) already cost CPU
+        for _ in range(200):
+            urllib.request.urlopen(url + "/models", timeout=10).read()
+        assert server.cpu_s() > before
+    assert _rates({"stage_wall_s": 1.0, "items": 2, "requests": 4, "cpu_s": 0.5, "server_cpu_s": 0.2}, 10.0)[
+        "server_cpu_ms_per_request"
+    ] == pytest.approx(50.0)

@@ -501,3 +501,30 @@ def test_json_object_end():
     assert json_object_end('{"a": "}{"} tail') == len('{"a": "}{"}')
     assert json_object_end('{"a": [1, {"b": 2}]') is None
     assert json_object_end('{"a": "x\\"}"}') == len('{"a": "x\\"}"}')
+
+
+def test_prompt_logprobs_fast_reply_path_equals_a_whole_parse():
+    """The reply decoder leaves each position raw and parses only those asked for; the figures must equal
+    what a whole-body parse gives, and a body of another shape still reads (whole)."""
+    import orjson
+
+    from autointerp.llm.openai_client import _decode_prompt_logprobs_reply, _top_entries
+
+    token_ids = [11, 7, 300, 5, 9000, 42]
+    with FakeOpenAIServer() as server:
+        reply = server._completions_body({"prompt": token_ids, "prompt_logprobs": 5}, None)
+        encoded = reply.pop("_raw_prompt_logprobs")
+        raw = orjson.dumps(reply).replace(orjson.dumps("\u0000autointerp-prompt-logprobs\u0000"), encoded, 1)
+    whole = orjson.loads(raw)["choices"][0]["prompt_logprobs"]
+    fast = _decode_prompt_logprobs_reply(raw)
+    assert fast["usage"]["prompt_tokens"] == len(token_ids)
+    entries = fast["choices"][0]["prompt_logprobs"]
+    assert len(entries) == len(token_ids) == len(whole) and whole[0] is None
+    for p in range(1, len(token_ids)):
+        assert _top_entries(entries[p], 5) == _top_entries(whole[p], 5)
+        assert len(_top_entries(entries[p], 5)) == 5 and str(token_ids[p]) in whole[p]  # vLLM adds the actual token
+    # choices as an object is not the expected shape: the decoder falls back to reading it whole
+    odd = orjson.dumps({"choices": {"0": 1}, "prompt_logprobs": [None, {"3": {"logprob": -1.0, "rank": 1}}]})
+    assert _decode_prompt_logprobs_reply(odd)["choices"] == {"0": 1}
+    error = _decode_prompt_logprobs_reply(orjson.dumps({"error": {"message": "boom"}}))
+    assert error["error"] == {"message": "boom"}

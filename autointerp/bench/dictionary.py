@@ -113,11 +113,13 @@ def handle(args: argparse.Namespace) -> int:
                 check=True,
             )
             result: dict[str, Any] = {"size": size, "build_s": time.perf_counter() - started, "stages": {}}
-            with _test_server(args) as url:
+            server = _test_server(args)
+            with server as url:
                 for stage in stages:
-                    before = _server_requests(url)
+                    before, server_cpu = _server_requests(url), server.cpu_s()
                     figures = _run_stage(stage, db, sae_name, url, concurrency, args, workdir, size)
                     figures["requests"] = _server_requests(url) - before
+                    figures["server_cpu_s"] = server.cpu_s() - server_cpu
                     result["stages"][stage] = _rates(figures, args.capacity / args.latency)
                     print(_line(size, stage, result["stages"][stage]), flush=True)
             results.append(result)
@@ -236,6 +238,10 @@ def _rates(f: dict[str, Any], capacity_per_s: float) -> dict[str, Any]:
     f["requests_per_s"] = f["requests"] / wall if wall > 0 else 0.0
     f["capacity_per_s"] = capacity_per_s
     f["cpu_ms_per_item"] = 1000 * f["cpu_s"] / items if items else None
+    # The server shares these cores: when its CPU per request is large, it (not the stage) is the limit.
+    server_cpu = f.get("server_cpu_s")  # None: an in-process server (its CPU is the stage's)
+    f["server_cpu_ms_per_request"] = 1000 * server_cpu / f["requests"] if f["requests"] and server_cpu else None
+    f["client_cpu_ms_per_request"] = 1000 * f["cpu_s"] / f["requests"] if f["requests"] else None
     return f
 
 
@@ -244,7 +250,13 @@ def _line(size: int, stage: str, f: dict[str, Any]) -> str:
     first = f.get("first_reply_s")
     first_text = "" if first is None else f", first reply {first:.2f} s"
     capped = " (capped)" if f.get("capped") else ""
-    requests = f", {f['requests_per_s']:.0f} req/s of {f['capacity_per_s']:.0f}" if f["requests"] else ""
+    server = f.get("server_cpu_ms_per_request")
+    requests = (
+        f", {f['requests_per_s']:.0f} req/s of {f['capacity_per_s']:.0f} (CPU per request: client "
+        f"{f['client_cpu_ms_per_request']:.2f} ms, server {'n/a' if server is None else f'{server:.2f} ms'})"
+        if f["requests"]
+        else ""
+    )
     return (
         f"{size:>6} {stage:<8} {f['items']:>7} items in {f['stage_wall_s']:.1f} s{capped}: "
         f"{f['items_per_s']:.1f} items/s{requests}, CPU {cpu} ms/item, peak RSS {f['peak_rss_mb']:.0f} MB"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -166,6 +167,17 @@ class _test_server:
                 time.sleep(0.1)
         self.__exit__()
         raise RuntimeError("the test server process did not start")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used so far (Linux /proc; 0.0 for an in-process server or
+        where /proc is missing, so the figure reads as unknown rather than failing the bench)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
     def __exit__(self, *exc: object) -> None:
         if self.server is not None:

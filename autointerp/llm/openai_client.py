@@ -18,10 +18,12 @@ import re
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import msgspec
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -326,7 +328,12 @@ class OpenAIClient:
         return min(self.backoff_max_s, exponential) + random.uniform(0, self.backoff_initial_s)
 
     async def _attempt(
-        self, path: str, payload: dict[str, Any], token_estimate: float, avoid: Replica | None
+        self,
+        path: str,
+        payload: dict[str, Any],
+        token_estimate: float,
+        avoid: Replica | None,
+        decode: Callable[[bytes], Any] = orjson.loads,
     ) -> dict[str, Any]:
         state = self._loop_state()
         if self._request_bucket is not None:
@@ -380,8 +387,8 @@ class OpenAIClient:
         try:
             # orjson: a simulation reply carries top-20 logprobs for every prompt position (hundreds of KB);
             # the stdlib parser on the event loop was the bottleneck of the whole score stage.
-            body = orjson.loads(response.content)
-        except ValueError as exc:
+            body = decode(response.content)
+        except ValueError as exc:  # orjson's and msgspec's decode errors are ValueErrors
             raise _AttemptFailed(
                 Status.SERVER_ERROR, f"{url} answered HTTP {code} with a body that is not JSON: {response.text[:200]!r}",
                 retryable=True, replica=replica,
@@ -395,9 +402,13 @@ class OpenAIClient:
         return body
 
     async def _post(
-        self, path: str, payload: dict[str, Any], token_estimate: float
+        self,
+        path: str,
+        payload: dict[str, Any],
+        token_estimate: float,
+        decode: Callable[[bytes], Any] = orjson.loads,
     ) -> tuple[dict[str, Any] | _AttemptFailed, int]:
-        """The response body (or the last failure) and the number of attempts made."""
+        """The response body (or the last failure) and the number of attempts made; `decode` reads the body."""
         attempts = 0
         last_failed: list[Replica | None] = [None]
 
@@ -417,7 +428,7 @@ class OpenAIClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._attempt(path, payload, token_estimate, last_failed[0]), attempts
+                    return await self._attempt(path, payload, token_estimate, last_failed[0], decode), attempts
         except _AttemptFailed as exc:
             return exc, attempts
         raise AssertionError("tenacity ended without a result")  # unreachable: reraise=True
@@ -498,7 +509,7 @@ class OpenAIClient:
             "temperature": 0.0,
             "prompt_logprobs": top_n,
         }
-        body, attempts = await self._post("/completions", payload, len(token_ids) + 1)
+        body, attempts = await self._post("/completions", payload, len(token_ids) + 1, _decode_prompt_logprobs_reply)
         latency = time.perf_counter() - started
         if isinstance(body, _AttemptFailed):
             self.counters[body.status.value] += 1
@@ -545,12 +556,48 @@ def _chat_logprobs(block: Any) -> list[TokenLogprob] | None:
     return out
 
 
-def _top_entries(entry: dict[str, Any] | None, top_n: int) -> dict[int, float]:
+class _PromptLogprobsChoice(msgspec.Struct):
+    prompt_logprobs: list[msgspec.Raw] | None = None
+
+
+class _PromptLogprobsReply(msgspec.Struct):
+    """What `prompt_logprobs` reads of a /completions reply; every other field is skipped unparsed."""
+
+    choices: list[_PromptLogprobsChoice] | None = None
+    usage: dict[str, Any] | None = None
+    prompt_logprobs: list[msgspec.Raw] | None = None  # where some servers put it
+    error: Any = None
+
+
+_PROMPT_LOGPROBS_DECODER = msgspec.json.Decoder(_PromptLogprobsReply)
+
+
+def _decode_prompt_logprobs_reply(content: bytes) -> Any:
+    """A prompt-logprob reply (top-N at EVERY prompt position: ~1 MB for 650 tokens) with each position
+    left as raw JSON, so only the positions asked for are parsed: 0.7 ms instead of orjson's 4.4 ms for
+    the whole body, measured here. A body of another shape is read whole (the caller then judges it)."""
+    try:
+        reply = _PROMPT_LOGPROBS_DECODER.decode(content)
+    except msgspec.ValidationError:
+        return orjson.loads(content)
+    body: dict[str, Any] = {
+        "usage": reply.usage,
+        "choices": [{"prompt_logprobs": c.prompt_logprobs} for c in reply.choices or []],
+        "prompt_logprobs": reply.prompt_logprobs,
+    }
+    if reply.error is not None:
+        body["error"] = reply.error
+    return body
+
+
+def _top_entries(entry: dict[str, Any] | msgspec.Raw | None, top_n: int) -> dict[int, float]:
     """vLLM's {token-id string: {logprob, rank, decoded_token}} -> {token id: logprob}, top-N by rank.
 
     vLLM adds the prompt's actual token even when it ranks below N; it is dropped so every
-    backend returns the same top-N set.
+    backend returns the same top-N set. A `msgspec.Raw` entry (the fast reply path) is parsed here.
     """
+    if isinstance(entry, msgspec.Raw):
+        entry = orjson.loads(bytes(entry))
     if entry is None:
         raise ValueError("no logprobs at a requested position")
     out: dict[int, float] = {}

@@ -7,9 +7,12 @@ Why it is shaped this way:
 - At most `window` items are in flight; the client's own concurrency limit decides how many requests
   reach the server. The window is a little larger than that limit so a free slot never waits for the
   store or for prompt building.
-- Results go to ONE writer task that commits every row queued during the previous commit in one
-  transaction (a DuckDB commit costs ~20-30 ms whatever its size): a reply is durable one commit after
-  it arrives, and kill -9 loses only the items in flight or queued.
+- Results go to ONE writer task that commits every row queued since its previous commit in one
+  transaction, at most once per `COMMIT_INTERVAL_S`. A DuckDB upsert costs ~10-20 ms of CPU whatever its
+  size (measured: 10 rows 19 ms, 300 rows 18 ms, 3,000 rows 144 ms); a writer that committed as fast as
+  it could spent a whole thread on commits of a few rows each (0.45 ms of CPU per request at ~600
+  requests/s) and took that CPU from the event loop and the server. A reply is durable within one
+  interval of arriving; kill -9 loses only the items in flight or queued, and a rerun redoes them.
 - Every item ends with a status. An exception raised while processing one item is turned into that
   item's failure row (`fail`) and recorded, never fatal to the others. Only a writer failure (the
   store itself) stops the run, after committing what it can.
@@ -35,6 +38,9 @@ R = TypeVar("R")
 
 #: Extra items kept in flight beyond the client's concurrency, so the next request is ready when a slot frees.
 WINDOW_SLACK = 16
+#: The writer commits at most this often (seconds): what a kill -9 can lose of finished work, traded
+#: against the per-commit cost (see the module doc).
+COMMIT_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -84,11 +90,16 @@ class RunStats:
 
 
 class _Writer(Generic[R]):
-    """One task that group-commits: all rows queued during a commit go in the next one."""
+    """One task that group-commits: every row queued since the last commit goes in the next one, and
+    commits start at most `interval_s` apart (closing flushes at once)."""
 
-    def __init__(self, write: Callable[[list[dict[str, Any]]], None], stats: RunStats) -> None:
+    def __init__(
+        self, write: Callable[[list[dict[str, Any]]], None], stats: RunStats, interval_s: float | None = None
+    ) -> None:
         self.write, self.stats = write, stats
+        self.interval_s = COMMIT_INTERVAL_S if interval_s is None else interval_s
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.closing = asyncio.Event()
         self.task = asyncio.create_task(self._loop())
 
     def put(self, row: dict[str, Any]) -> None:
@@ -98,6 +109,7 @@ class _Writer(Generic[R]):
 
     async def close(self) -> None:
         if not self.task.done():
+            self.closing.set()
             self.queue.put_nowait(None)
         await self.task
 
@@ -107,11 +119,18 @@ class _Writer(Generic[R]):
             while not self.queue.empty():
                 rows.append(self.queue.get_nowait())
             batch = [r for r in rows if r is not None]
+            started = time.perf_counter()
             if batch:
                 await asyncio.to_thread(self.write, batch)
                 self.stats.commits += 1
             if rows[-1] is None:
                 return
+            wait = self.interval_s - (time.perf_counter() - started)
+            if wait > 0 and not self.closing.is_set():
+                # pace the next commit; close() ends the wait at once (asyncio.wait does not raise on timeout)
+                waiter = asyncio.ensure_future(self.closing.wait())
+                await asyncio.wait({waiter}, timeout=wait)
+                waiter.cancel()
 
 
 def _next_chunk(iterator: Iterator[Sequence[T]]) -> Sequence[T] | None:

@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 FAULT_KINDS = (
     "500",             # HTTP 500 with an error body
     "429",             # HTTP 429 with Retry-After: retry_after_s
@@ -125,14 +127,43 @@ def schema_breaking_value(schema: dict[str, Any]) -> Any:
     return ["not", "an", "object"] if kind != "array" else {"not": "an array"}
 
 
-def pseudo_random_logprobs(token_ids: list[int], position: int, top_n: int, vocab_size: int = 49152) -> dict[int, float]:
-    """Deterministic top-N logprobs for position `position` (depends on the tokens up to it)."""
-    seed = zlib.crc32(json.dumps(token_ids[: position + 1]).encode())
+#: Pre-encoded top-N rows the fast prompt-logprob path draws from (per top_n, built on first use).
+_LOGPROB_ROWS = 1024
+#: Where `_serve_one` splices the pre-encoded prompt_logprobs into the encoded reply.
+_PLACEHOLDER = "\u0000autointerp-prompt-logprobs\u0000"
+_PLACEHOLDER_JSON = orjson.dumps(_PLACEHOLDER)
+_RAW_LOGPROBS = "_raw_prompt_logprobs"
+
+
+def prefix_seeds(token_ids: list[int]) -> list[int]:
+    """A seed per position that depends on the tokens up to and including it (a running CRC-32), in O(n).
+
+    Seeding each position from a re-serialised prefix was O(n^2) per request and made the test server,
+    not the client under test, the bottleneck of prompt-logprob benchmarks."""
+    seeds, crc = [], 0
+    for token in token_ids:
+        crc = zlib.crc32(int(token).to_bytes(4, "little", signed=True), crc)
+        seeds.append(crc)
+    return seeds
+
+
+def pseudo_random_logprobs(
+    token_ids: list[int], position: int, top_n: int, vocab_size: int = 49152, seed: int | None = None
+) -> dict[int, float]:
+    """Deterministic top-N logprobs for position `position` (depends on the tokens up to it).
+
+    `seed`: `prefix_seeds(token_ids)[position]` when the caller has it (the server computes them once)."""
+    if seed is None:
+        seed = prefix_seeds(token_ids[: position + 1])[-1]
     rng = random.Random(seed)
-    ids = rng.sample(range(vocab_size), top_n)
-    weights = sorted((rng.random() + 1e-3 for _ in ids), reverse=True)
+    top_n = min(top_n, vocab_size)
+    start = rng.randrange(vocab_size)
+    step = rng.randrange(1, vocab_size)
+    while math.gcd(step, vocab_size) != 1:  # a step coprime with the vocabulary: the N ids are distinct
+        step += 1
+    weights = sorted((rng.random() + 1e-3 for _ in range(top_n)), reverse=True)
     total = sum(weights) / 0.95  # the top N hold 95 % of the mass
-    return {token: math.log(w / total) for token, w in zip(ids, weights, strict=True)}
+    return {(start + k * step) % vocab_size: math.log(w / total) for k, w in enumerate(weights)}
 
 
 def _count_tokens(text: str) -> int:
@@ -182,6 +213,7 @@ class FakeOpenAIServer:
         self.accept_response_format = accept_response_format
         self.chat_logprobs = chat_logprobs
         self.vocab_size = vocab_size
+        self._logprob_rows: dict[int, list[tuple[frozenset[int], bytes]]] = {}
         self.host = host
         self.port = port
         self.requests: list[RecordedRequest] = []
@@ -312,7 +344,7 @@ class FakeOpenAIServer:
     async def _send(self, writer: asyncio.StreamWriter, code: int, body: bytes | str | dict[str, Any],
                     content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
         if isinstance(body, dict):
-            body = json.dumps(body)
+            body = orjson.dumps(body)  # prompt-logprob replies are ~1 MB: stdlib json was a third of the server's CPU
         if isinstance(body, str):
             body = body.encode()
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
@@ -359,8 +391,8 @@ class FakeOpenAIServer:
             self._next_index += 1
             fault = self._choose_fault(index)
         try:
-            body = json.loads(raw or b"null")
-        except ValueError:
+            body = orjson.loads(raw or b"null")
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
             body = None
         record = RecordedRequest(index, path, body, fault.kind if fault else None, time.monotonic())
         self.requests.append(record)
@@ -421,7 +453,11 @@ class FakeOpenAIServer:
         self.completed += 1
         self.prompt_tokens_total += reply["usage"]["prompt_tokens"]
         self.completion_tokens_total += reply["usage"]["completion_tokens"]
-        await self._send(writer, 200, reply)
+        raw_logprobs = reply.pop(_RAW_LOGPROBS, None)
+        if raw_logprobs is None:
+            await self._send(writer, 200, reply)
+        else:  # splice the pre-encoded prompt_logprobs array in place of its placeholder
+            await self._send(writer, 200, orjson.dumps(reply).replace(_PLACEHOLDER_JSON, raw_logprobs, 1))
         return True
 
     def _content(self, body: dict[str, Any], kind: str | None) -> tuple[str, str]:
@@ -487,22 +523,62 @@ class FakeOpenAIServer:
         prompt_tokens = len(token_ids) if token_ids is not None else _count_tokens(str(prompt))
         choice: dict[str, Any] = {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
         top_n = body.get("prompt_logprobs")
+        raw_logprobs = None
         if top_n is not None and token_ids is not None and self.supports_prompt_logprobs:
-            choice["prompt_logprobs"] = [None] + [
-                self._logprob_entry(token_ids, position, int(top_n)) for position in range(1, len(token_ids))]
-        return {
+            if self.logprobs_reply is None:
+                raw_logprobs = self._encoded_prompt_logprobs(token_ids, int(top_n))
+                choice["prompt_logprobs"] = _PLACEHOLDER
+            else:
+                seeds = prefix_seeds(token_ids)
+                choice["prompt_logprobs"] = [None] + [
+                    self._logprob_entry(token_ids, position, int(top_n), seeds[position])
+                    for position in range(1, len(token_ids))]
+        reply = {
             "id": f"cmpl-{self._next_index}", "object": "text_completion", "created": int(time.time()),
             "model": self.model, "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": _count_tokens(content),
                       "total_tokens": prompt_tokens + _count_tokens(content)},
         }
+        if raw_logprobs is not None:
+            reply[_RAW_LOGPROBS] = raw_logprobs
+        return reply
 
-    def _logprob_entry(self, token_ids: list[int], position: int, top_n: int) -> dict[str, Any]:
+    def _encoded_prompt_logprobs(self, token_ids: list[int], top_n: int) -> bytes:
+        """The `prompt_logprobs` array as JSON bytes, in vLLM's layout, at ~1 us per position.
+
+        Each position takes one of `_LOGPROB_ROWS` pre-encoded top-N rows, chosen by the seed of its prefix
+        (so it still depends on the tokens up to it), plus the actual prompt token when it is not among
+        them. Building and encoding ~20 dicts per position made the server, not the client under test,
+        the bottleneck of prompt-logprob benchmarks (~14 ms of server CPU per 646-token request)."""
+        rows = self._logprob_rows.get(top_n)
+        if rows is None:
+            rows = []
+            for row in range(_LOGPROB_ROWS):
+                top = pseudo_random_logprobs([], 0, top_n, self.vocab_size, seed=row)
+                ranked = sorted(top.items(), key=lambda kv: -kv[1])
+                body = orjson.dumps({str(t): {"logprob": lp, "rank": r + 1, "decoded_token": f"<{t}>"}
+                                     for r, (t, lp) in enumerate(ranked)})
+                rows.append((frozenset(top), body[:-1]))  # without the closing brace
+            self._logprob_rows[top_n] = rows
+        parts = [b"[null"]
+        rank = self.vocab_size
+        for position, seed in enumerate(prefix_seeds(token_ids)):
+            if position == 0:
+                continue
+            ids, head = rows[seed % _LOGPROB_ROWS]
+            actual = token_ids[position]
+            if actual in ids:
+                parts.append(head + b"}")
+            else:
+                parts.append(head + b',"%d":{"logprob":-30.0,"rank":%d,"decoded_token":"<%d>"}}' % (actual, rank, actual))
+        return b",".join(parts) + b"]"
+
+    def _logprob_entry(self, token_ids: list[int], position: int, top_n: int, seed: int) -> dict[str, Any]:
         """vLLM's layout: top N by rank plus the actual prompt token (with its own rank)."""
         if self.logprobs_reply is not None:
             top = self.logprobs_reply(token_ids, position, top_n)
         else:
-            top = pseudo_random_logprobs(token_ids, position, top_n, self.vocab_size)
+            top = pseudo_random_logprobs(token_ids, position, top_n, self.vocab_size, seed=seed)
         ranked = sorted(top.items(), key=lambda kv: -kv[1])
         entry = {str(t): {"logprob": lp, "rank": r + 1, "decoded_token": f"<{t}>"} for r, (t, lp) in enumerate(ranked)}
         actual = token_ids[position]
