@@ -235,3 +235,20 @@ def test_debias_off_keeps_the_key_scores_had_before_the_setting():
     on = IntruderScorer(client, ScoreConfig()).config_for_hash()
     assert "intruder_debias" not in off and on == {**off, "intruder_debias": True}
     asyncio.run(client.aclose())
+
+
+def test_the_validity_harness_needs_planted_above_chance_to_say_separates() -> None:
+    """A gap made only by random latents scoring below chance (a position-biased judge) is not separation."""
+    from autointerp.report.stats import Difference
+    from autointerp.testing.intruder_validity import GroupResult, verdict
+
+    def planted(low: float, high: float) -> GroupResult:
+        return GroupResult("planted", 20, (low + high) / 2, low, high, 0.25, None, None, "ok 20")
+
+    gap = Difference(0.114, 0.03, 0.20, 0.01, False, 20, 20)
+    assert verdict(planted(0.18, 0.30), gap).startswith("does not separate: planted features are not above")
+    assert verdict(planted(0.40, 0.60), gap) == "separates"
+    no_gap = Difference(0.05, -0.02, 0.12, 0.2, False, 20, 20)
+    assert verdict(planted(0.40, 0.60), no_gap).startswith("does not separate (CI of the difference")
+    empty = Difference(float("nan"), float("nan"), float("nan"), float("nan"), False, 0, 20)
+    assert verdict(planted(0.40, 0.60), empty).startswith("does not separate")

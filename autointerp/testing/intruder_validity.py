@@ -6,7 +6,8 @@ set (`planted.validity_features`, over real wiki text cut by SmolLM2's tokenizer
 features of an SAE with random weights, collected by the real `collect` over the built-in wiki corpus on
 SmolLM2's residual stream. Both are scored with the intruder scorer and the same settings; the table gives
 each group's mean accuracy with its bootstrap 95 % CI, the chance level, the logprob AUC, and the difference
-planted - random (unpaired bootstrap CI, permutation p). It separates when that CI lies above 0.
+planted - random (unpaired bootstrap CI, permutation p). It separates when that CI lies above 0 and
+planted's own CI lies above chance (`verdict`).
 
     python -m autointerp.testing.intruder_validity --llm local:smollm2 [--n-features 26] [--db PATH]
 """
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from autointerp.report.stats import Difference
 from autointerp.store import RunInfo, Store
 from autointerp.testing.tables import render_table
 
@@ -92,7 +94,7 @@ def group_result(scores: pd.DataFrame, name: str, seed: int) -> GroupResult:
     )
 
 
-def format_table(rows: list[GroupResult], diff: object, markdown: bool = False) -> str:
+def format_table(rows: list[GroupResult], diff: Difference, markdown: bool = False) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -126,10 +128,23 @@ def format_table(rows: list[GroupResult], diff: object, markdown: bool = False) 
             "",
             "",
             "",
-            "separates" if d.low > 0 else "does not separate (CI includes 0)",
+            verdict(rows[0], d),
         ]
     )
     return render_table(head, body, markdown)
+
+
+def verdict(planted: GroupResult, diff: Difference) -> str:
+    """In words: does the scorer tell planted features from random latents?
+
+    Both must hold: planted - random has a CI above 0, AND planted's own CI lies above chance. A gap that
+    comes only from random latents scoring BELOW chance (a judge biased against some answer positions)
+    is not the scorer recognising coherent features, and is not reported as separation."""
+    if not diff.low > 0:  # also NaN (a group with no ok score)
+        return "does not separate (CI of the difference includes 0)"
+    if planted.ci_low is None or planted.chance is None or planted.ci_low <= planted.chance:
+        return "does not separate: planted features are not above chance (the gap is random latents below it)"
+    return "separates"
 
 
 def collect_random_sae(db: Path, work: Path, tokens: int, d_sae: int, k: int, seed: int) -> None:
