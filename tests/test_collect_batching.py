@@ -124,3 +124,22 @@ def test_freed_batch_buffers_are_reused_without_page_faults() -> None:
     assert keep_freed_buffers()
     faults_of_twenty_buffers()  # the first one may grow the heap
     assert faults_of_twenty_buffers() < 4096  # < one buffer's pages for all twenty
+
+
+def test_batches_come_in_a_bounded_set_of_shapes_whatever_the_corpus_size() -> None:
+    """The CPU kernels keep state per input shape (~2 MB of RSS each, measured): free-form cuts made
+    almost every batch a new shape, so peak RSS grew with the corpus. Shapes now come from a small ladder."""
+    from autointerp.corpus import Context
+
+    rng = np.random.default_rng(0)
+    ctx_len, batch_size = 256, 16
+    contexts = [Context(i, i, "explain", [5] * int(n)) for i, n in enumerate(rng.integers(2, ctx_len + 1, 30_000))]
+    shapes = set()
+    for batch in batching.iter_batches(contexts, batch_size, 0, ctx_len):
+        rows, width = batch.input_ids.shape
+        assert rows * width <= batch_size * ctx_len and batch.rows <= rows
+        assert width % batching.WIDTH_STEP == 0 or width == ctx_len
+        assert not batch.input_ids[batch.rows :].ne(0).any()  # extra rows are all padding
+        shapes.add((rows, width))
+    # 30k contexts (~3.9 M tokens) in ~950 batches, yet at most ROW_STEPS row counts per width
+    assert len(shapes) <= batching.ROW_STEPS * (ctx_len // batching.WIDTH_STEP)

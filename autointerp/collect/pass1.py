@@ -78,7 +78,7 @@ def run_pass1(
                 timing.baseline_seconds += time.perf_counter() - start
             _sync(lm.device)
             start = time.perf_counter()
-            hidden = activations_at_hook(lm, point, batch.input_ids)
+            hidden = activations_at_hook(lm, point, batch.input_ids)[: batch.rows]  # pad rows dropped
             codes = encode_batch(sae, hidden, batch.valid.to(hidden.device))
             state.update(codes, batch.context_ids, batch.split_index)
             if spill is not None:

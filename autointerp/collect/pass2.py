@@ -166,7 +166,7 @@ def run_pass2(
                     spilled["value"],
                 )
             else:
-                hidden = activations_at_hook(lm, point, batch.input_ids)
+                hidden = activations_at_hook(lm, point, batch.input_ids)[: batch.rows]  # pad rows dropped
                 entries = SparseEntries.from_codes(
                     encode_batch(sae, hidden, batch.valid.to(hidden.device)), width
                 )

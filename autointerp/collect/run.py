@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 import torch
 
 from autointerp.collect.config import CollectConfig, sae_fingerprint
@@ -33,6 +32,7 @@ from autointerp.collect.spill import CodeSpill, SpillReader
 from autointerp.collect.spill_owner import remove_orphaned_spills
 from autointerp.collect.state import CollectState
 from autointerp.collect.summary import CollectSummary
+from autointerp.collect.writer import ChunkedWriter
 from autointerp.corpus import ContextStream, corpus_id, tokenizer_identity
 from autointerp.errors import UserError
 from autointerp.hashing import short_hash
@@ -42,7 +42,7 @@ from autointerp.store import RunInfo, Store
 
 log = logging.getLogger(__name__)
 
-DUCKDB_MEMORY_LIMIT = "128MB"  # while writing; see ChunkedWriter
+DUCKDB_MEMORY_LIMIT = "128MB"  # while writing; see collect/writer.py
 
 
 @dataclass
@@ -234,43 +234,6 @@ def _open_spill(config: CollectConfig, store: Store | None, shard: Shard) -> Cod
     return spill
 
 
-class ChunkedWriter:
-    """Buffers pass 2's Arrow rows and commits them in transactions of about `chunk_rows` examples.
-
-    One transaction for everything would keep every uncommitted row in DuckDB's memory (about 40 MB
-    per million sparse examples), so memory would grow with the selection; chunks keep it flat. Each
-    commit costs a fixed flush, so chunks are large: 500k rows wrote 2.2 M examples twice as fast as
-    100k. Until `finish_run` marks the run complete, readers ignore it (only complete runs are listed).
-    """
-
-    def __init__(self, store: Store, chunk_rows: int = 500_000) -> None:
-        self.store = store
-        self.chunk_rows = chunk_rows
-        self.examples: list[pa.Table] = []
-        self.contexts: list[pa.Table] = []
-        self.pending = 0
-
-    def add_examples(self, rows: pa.Table) -> None:
-        self.examples.append(rows)
-        self.pending += rows.num_rows
-        if self.pending >= self.chunk_rows:
-            self.flush()
-
-    def add_contexts(self, rows: pa.Table) -> None:
-        self.contexts.append(rows)
-
-    def flush(self) -> None:
-        with self.store.transaction():
-            self.flush_into_open_transaction()
-
-    def flush_into_open_transaction(self) -> None:
-        for table in self.contexts:
-            self.store.add_contexts_arrow(table)
-        for table in self.examples:
-            self.store.add_examples_arrow(table)
-        self.examples, self.contexts, self.pending = [], [], 0
-
-
 def write_run(
     config: CollectConfig,
     store: Store,
@@ -344,15 +307,19 @@ def write_run(
                     ),
                 )
             writer = ChunkedWriter(store)
-            result = run_pass2(
-                lm, point, sae, ContextStream(spec, lm.tokenizer), selection, run_id, cid, config.batch_size,
-                config.nonactivating_k, Sink(writer.add_examples, writer.add_contexts), ctx_len=spec.ctx_len,
-                progress=config.progress, spill=spill,
-            )
-            with store.transaction():
-                writer.flush_into_open_transaction()
-                store.add_features_arrow(feature_table(run_id, state.stats))
-                store.finish_run(run_id, n_tokens)
+            try:
+                result = run_pass2(
+                    lm, point, sae, ContextStream(spec, lm.tokenizer), selection, run_id, cid, config.batch_size,
+                    config.nonactivating_k, Sink(writer.add_examples, writer.add_contexts), ctx_len=spec.ctx_len,
+                    progress=config.progress, spill=spill,
+                )
+                writer.drain()
+                with store.transaction():
+                    writer.flush_into_open_transaction()
+                    store.add_features_arrow(feature_table(run_id, state.stats))
+                    store.finish_run(run_id, n_tokens)
+            finally:
+                writer.close()  # before the cleanup below: no chunk may land after the partial run is deleted
     except BaseException:
         log.error("collect of %s failed; removing its partial run", config.name)
         store.delete_run(run_id)

@@ -113,6 +113,8 @@ class Store:
                 "point --db at a workspace written by autointerp, or at a new file name",
             ) from exc
         self._lock = threading.RLock()
+        self._in_transaction = False
+        self._failed_views: list[str] = []  # registered by a statement that failed inside a transaction
         self._init_schema(read_only)
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,12 +180,19 @@ class Store:
         """All-or-nothing block: on any exception nothing inside it is kept."""
         with self._lock:
             self.con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
             try:
                 yield
             except BaseException:
                 self.con.execute("ROLLBACK")
                 raise
-            self.con.execute("COMMIT")
+            else:
+                self.con.execute("COMMIT")
+            finally:
+                self._in_transaction = False
+                views, self._failed_views = self._failed_views, []
+                for view in views:  # only now: the aborted transaction refused to unregister them
+                    self.con.unregister(view)
 
     def _insert_df(self, table: str, frame: pd.DataFrame, conflict: str = "") -> None:
         """Insert a DataFrame whose columns are a subset of the table's, matched by name."""
@@ -195,11 +204,18 @@ class Store:
         with self._lock:
             view = f"_insert_{table}"
             self.con.register(view, data)
+            cols = ", ".join(columns)
             try:
-                cols = ", ".join(columns)
                 self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view} {conflict}")
-            finally:
-                self.con.unregister(view)
+            except BaseException:
+                # Inside a transaction the failed INSERT aborted it, and DuckDB then refuses the unregister
+                # with "transaction is aborted", an error that would replace the one that says what is wrong.
+                if self._in_transaction:
+                    self._failed_views.append(view)
+                else:
+                    self.con.unregister(view)
+                raise
+            self.con.unregister(view)
 
     def query_df(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Read-only SQL for reports and exports; it lives here so all SQL stays in the store."""
