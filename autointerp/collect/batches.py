@@ -16,8 +16,8 @@ Why a small set of shapes: the CPU kernels keep per-shape state (measured: ~2.3 
 [rows, width] the forward meets, never released), and free-form cuts gave a new shape almost every batch
 (350 shapes in 365 batches of 1M wiki tokens at ctx 256): peak RSS grew with the corpus (1.4 -> 2.6 GB).
 So widths are rounded up to a multiple of `WIDTH_STEP` and rows to a multiple of a quarter of the rows
-that fit (`ROW_STEPS`; the extra rows are all padding and are dropped after the forward): at most ~128
-shapes whatever the corpus, padding 3-4 % on wiki, and the same real tokens/s as free-form cuts (the
+that fit (`ROW_STEPS`; the extra rows are all padding and are dropped after the forward): at most 4 x ctx_len / 8
+shapes (128 at ctx 256) whatever the corpus, padding 3-4 % on wiki, and the same real tokens/s as free-form cuts (the
 kernels reuse their shapes).
 """
 
