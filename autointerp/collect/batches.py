@@ -110,13 +110,6 @@ def _bucketed(
         yield from _cut(buffer, budget, ctx_len)
 
 
-def batch_shape(longest: int, n: int, budget: int, ctx_len: int) -> tuple[int, int]:
-    """The padded (rows, width) of a batch of `n` contexts whose longest has `longest` tokens."""
-    width = min(max(ctx_len, longest), -(-longest // WIDTH_STEP) * WIDTH_STEP)
-    step = max(1, (budget // width) // ROW_STEPS)
-    return -(-n // step) * step, width
-
-
 def _cut(buffer: list[Context], budget: int, ctx_len: int) -> Iterator[tuple[list[Context], tuple[int, int]]]:
     """Cuts the length-sorted buffer into batches minimising padded positions (the shape's, pad rows
     included) plus `budget / BATCH_COST_SHARE` per batch (so it does not shatter into many tiny
@@ -147,7 +140,8 @@ def _cut(buffer: list[Context], budget: int, ctx_len: int) -> Iterator[tuple[lis
         cuts.append((int(start_of[end]), end))
         end = int(start_of[end])
     for first, last in reversed(cuts):
-        yield ordered[first:last], batch_shape(int(lengths[first]), last - first, budget, ctx_len)
+        rows = -(-(last - first) // int(step[first])) * int(step[first])
+        yield ordered[first:last], (rows, int(width[first]))
 
 
 def iter_batches(

@@ -30,13 +30,13 @@ CHUNK_ROWS = 500_000
 class ChunkedWriter:
     """Sink for pass 2: `add_examples` / `add_contexts` buffer, a full buffer is committed in the background."""
 
-    def __init__(self, store: Store, chunk_rows: int = CHUNK_ROWS, background: bool = True) -> None:
+    def __init__(self, store: Store, chunk_rows: int = CHUNK_ROWS) -> None:
         self.store = store
         self.chunk_rows = chunk_rows
         self.examples: list[pa.Table] = []
         self.contexts: list[pa.Table] = []
         self.pending = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-writer") if background else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect-writer")
         self._in_flight: Future[None] | None = None
 
     def add_examples(self, rows: pa.Table) -> None:
@@ -49,13 +49,10 @@ class ChunkedWriter:
         self.contexts.append(rows)
 
     def flush(self) -> None:
-        """Commit what is buffered in a transaction of its own (in the background when it can)."""
+        """Commit what is buffered in a transaction of its own, in the background."""
         chunk = self._take()
         self.drain()  # one chunk in flight at most; raises the previous chunk's error here
-        if self._pool is None:
-            self._commit(chunk)
-        else:
-            self._in_flight = self._pool.submit(self._commit, chunk)
+        self._in_flight = self._pool.submit(self._commit, chunk)
 
     def drain(self) -> None:
         """Wait for the chunk in flight; its exception, if any, is raised here."""
@@ -77,8 +74,7 @@ class ChunkedWriter:
         try:
             self.drain()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True)
 
     def _take(self) -> tuple[list[pa.Table], list[pa.Table]]:
         chunk = (self.contexts, self.examples)
