@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if argv is None and args.command == "collect":
+        # This process only collects (a pipeline calls main(argv) in one process and runs an LLM later).
+        from autointerp.collect.malloc import bound_kernel_cache
+
+        bound_kernel_cache()
     try:
         result = args.func(args)
     except UserError as exc:

@@ -3,6 +3,7 @@ consecutive (unbucketed) batches whatever the bucketing buffer or batch size."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -143,3 +144,25 @@ def test_batches_come_in_a_bounded_set_of_shapes_whatever_the_corpus_size() -> N
         shapes.add((rows, width))
     # 30k contexts (~3.9 M tokens) in ~950 batches, yet at most ROW_STEPS row counts per width
     assert len(shapes) <= batching.ROW_STEPS * (ctx_len // batching.WIDTH_STEP)
+
+
+def test_only_a_collect_only_process_caps_the_kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`autointerp collect` as its own process caps oneDNN's primitive cache (peak RSS flat in corpus size);
+    the same stage called by a pipeline (main(argv), an embedded LLM may follow in the process) does not,
+    and a value the user set is never overridden."""
+    from autointerp import cli
+    from autointerp.collect.malloc import COLLECT_KERNEL_CACHE, KERNEL_CACHE_ENV
+
+    argv = ["collect", "--model", "smollm2", "--hook", "layers.3", "--sae", str(tmp_path / "missing"),
+            "--corpus", "wiki", "--db", str(tmp_path / "run.duckdb")]
+    monkeypatch.setenv(KERNEL_CACHE_ENV, "1024")  # records the original state, so teardown restores it
+    monkeypatch.delenv(KERNEL_CACHE_ENV)
+    assert cli.main(argv) == 2  # the missing SAE stops it before any model loads
+    assert KERNEL_CACHE_ENV not in os.environ
+    monkeypatch.setattr(sys, "argv", ["autointerp", *argv])
+    assert cli.main() == 2
+    assert os.environ[KERNEL_CACHE_ENV] == str(COLLECT_KERNEL_CACHE)
+    monkeypatch.setenv(KERNEL_CACHE_ENV, "512")
+    assert cli.main() == 2
+    assert os.environ[KERNEL_CACHE_ENV] == "512"
+    assert not (tmp_path / "run.duckdb").exists()

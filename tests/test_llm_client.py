@@ -528,3 +528,22 @@ def test_prompt_logprobs_fast_reply_path_equals_a_whole_parse():
     assert _decode_prompt_logprobs_reply(odd)["choices"] == {"0": 1}
     error = _decode_prompt_logprobs_reply(orjson.dumps({"error": {"message": "boom"}}))
     assert error["error"] == {"message": "boom"}
+
+
+def test_a_raw_position_of_another_layout_reads_like_a_parsed_one():
+    """The typed per-position decoder takes vLLM's layout; a plain {token: logprob} map or a missing position
+    goes the generic way and gives the same answers (or the same error) as a parsed entry."""
+    import msgspec
+    import orjson
+
+    from autointerp.llm.openai_client import _top_entries
+
+    vllm = {"5": {"logprob": -0.1, "rank": 1, "decoded_token": "a"}, "9": {"logprob": -3.0, "rank": 2},
+            "77": {"logprob": -30.0, "rank": 4000, "decoded_token": "z"}}
+    plain = {"5": -0.1, "9": -3.0}
+    for entry in (vllm, plain):
+        assert _top_entries(msgspec.Raw(orjson.dumps(entry)), 2) == _top_entries(entry, 2) == {5: -0.1, 9: -3.0}
+    with pytest.raises(ValueError, match="no logprobs"):
+        _top_entries(msgspec.Raw(b"null"), 2)
+    with pytest.raises(ValueError):
+        _top_entries(msgspec.Raw(orjson.dumps({"the": -0.5})), 2)  # keyed by text, not token id

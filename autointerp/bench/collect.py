@@ -137,6 +137,9 @@ def run_child(args: argparse.Namespace) -> dict[str, float]:
     """One size, in this process: returns the measurements."""
     import resource
 
+    from autointerp.collect.malloc import bound_kernel_cache
+
+    bound_kernel_cache()  # this child only collects, as `autointerp collect` does; before its first matmul
     import torch
 
     torch.set_num_threads(args.threads)

@@ -214,7 +214,7 @@ class SimulationScorer(Scorer):
             tops = iter(result.top_logprobs)
             for i, context_slots in zip(chunk, slots, strict=True):
                 for _ in context_slots:
-                    ev = expected_value({int(k): float(v) for k, v in next(tops).items()}, value_ids)
+                    ev = expected_value(next(tops), value_ids)  # every backend returns {token id: logprob}
                     preds[i].append(None if ev is None else ev * TRUE_SCALE / SCALE_MAX)
         return self._finish(contexts, truths, preds, base, prompt_tokens, 0, latency)
 
