@@ -23,7 +23,9 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def client() -> LocalClient:
-    client = make_client("local:smollm2")
+    # float32: these tests compare logprobs with a manual forward at 1e-4 (bf16, the default on CPUs with
+    # native bf16, moves them by ~1e-2 with the batch's padding)
+    client = make_client("local:smollm2", dtype="float32")
     assert isinstance(client, LocalClient)
     asyncio.run(client.check())  # loads the model once for the module
     return client
@@ -105,3 +107,16 @@ def test_prompt_logprobs_match_a_manual_forward_pass(client):
             values, indices = expected[position - 1].topk(5)
             assert list(top) == indices.tolist()
             assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
+
+
+def test_the_embedded_llm_runs_in_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):
+    """`local:smollm2` (a float32 cache) runs in bfloat16 on CPUs with AVX512-BF16/AMX and in float32
+    elsewhere; a bf16-cached model (the shipped Qwens) stays bf16; an explicit dtype always wins."""
+    import autointerp.models as models
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(models, "native_bf16_cpu", lambda native=native: native)
+        assert models.llm_dtype("smollm2") == expected
+        assert models.llm_dtype("smollm2", device="cuda") == "float32"
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    assert models.llm_dtype("qwen0.5b") == "bfloat16"

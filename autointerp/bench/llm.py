@@ -49,11 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--concurrency", default=None,
                         help="client concurrency; comma list to sweep (default: C with the test server, 1,8,32 with --llm)")
     parser.add_argument("--stages", default="explain", help="explain, or explain,simulation (needs autointerp.score)")
+    parser.add_argument("--features", default=None,
+                        help="which features (a feature spec, e.g. middle:12 as the demo labels; default top:N)")
+    parser.add_argument("--prompt", default=None,
+                        help="explain template (default: explain's own default; the demo uses explain_v3)")
     parser.add_argument("--in-process-server", action="store_true",
                         help="run the test server as a thread of this process (measures a GIL-shared setup)")
     parser.add_argument("--compare-prefix-cache", action="store_true",
                         help="with --llm local:MODEL: run each level without, then with the prefix cache, on the same "
                              "features, and print the ratio (one run, so the machine's load hits both alike)")
+    parser.add_argument("--print-labels", action="store_true", help="print every label of each level")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the figures as JSON here")
     parser.set_defaults(func=handle)
 
@@ -81,13 +86,14 @@ def handle(args: argparse.Namespace) -> int:
                 for prefix in (False, True):
                     shutil.copyfile(base_db, db)
                     result = _bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
-                                         args.tokenizer, prefix_cache=prefix)
+                                         args.tokenizer, prefix_cache=prefix, features_spec=args.features,
+                                         prompt=args.prompt)
                     results.append(result)
                 off, on = results[-2]["explain"]["wall_s"], results[-1]["explain"]["wall_s"]
                 results[-1]["speedup_vs_no_prefix_cache"] = off / on if on > 0 else 0.0
             elif args.llm:
                 results.append(_bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
-                                           args.tokenizer))
+                                           args.tokenizer, features_spec=args.features, prompt=args.prompt))
             else:
                 with _test_server(args) as url:
                     result = _bench_once(db, sae_name, url, None, level, n_features, stages)
@@ -129,7 +135,9 @@ def _prepare_store(args: argparse.Namespace, path: Path, n_features: int) -> str
         if wal.exists():
             shutil.copyfile(wal, path.with_name(path.name + ".wal"))
         with Store(path) as store:
-            return store.resolve_run(args.sae_name).sae_name
+            run = store.resolve_run(args.sae_name)
+            store.delete_llm_results(run.run_id)  # the copy's labels and scores would be skipped as done
+            return run.sae_name
     run = build_synthetic_store(path, n_features=n_features + 5, n_dead=5, n_contexts=max(1200, n_features * 2))
     return run.sae_name
 
@@ -224,7 +232,8 @@ def _score_features() -> Any:
 
 
 def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrency: int, n_features: int,
-                stages: list[str], tokenizer: str | None = None, prefix_cache: bool | None = None) -> dict[str, Any]:
+                stages: list[str], tokenizer: str | None = None, prefix_cache: bool | None = None,
+                features_spec: str | None = None, prompt: str | None = None) -> dict[str, Any]:
     from autointerp.explain.config import ExplainConfig
     from autointerp.explain.run import explain
     from autointerp.llm import make_client
@@ -235,7 +244,7 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
     with Store(db) as store:
         run = store.resolve_run(sae_name)
         live = store.explainable_feature_ids(run.run_id)
-        features = parse_feature_spec(f"top:{n_features}", store.features(run.run_id), live)
+        features = parse_feature_spec(features_spec or f"top:{n_features}", store.features(run.run_id), live)
         client = make_client(url, model, concurrency=concurrency, tokenizer_spec=tokenizer)
         if prefix_cache is False:
             client.prefix_cache = None  # type: ignore[attr-defined]  # the local client's baseline
@@ -245,11 +254,14 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
             try:
                 await client.check()
                 cpu = time.process_time()
-                summary = await explain(store, run, client, ExplainConfig(), features, progress=False)
+                config = ExplainConfig() if prompt is None else ExplainConfig(prompt=prompt)
+                summary = await explain(store, run, client, config, features, progress=False)
                 cpu = time.process_time() - cpu
                 result["explain"] = _figures(summary.n_attempted, summary.n_failed, summary.wall_s,
                                              summary.prompt_tokens, summary.completion_tokens)
                 result["explain"]["cpu_ms_per_feature"] = 1000 * cpu / max(summary.n_attempted, 1)
+                result["explain"]["quality"], result["explain"]["labels"] = _labels(store, run.run_id, summary,
+                                                                                   features)
                 result["model"] = summary.model
                 if "simulation" in stages:
                     result["simulation"] = await _bench_simulation(store, run, client, features)
@@ -263,6 +275,19 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
 
         asyncio.run(go())
     return result
+
+
+def _labels(store: Any, run_id: str, summary: Any, features: list[int]) -> tuple[str, list[str]]:
+    """The label-quality line of this explain pass and its labels (failures as their status), by feature."""
+    from autointerp.label_quality import set_label_quality
+    from autointerp.prompting import load_prompt
+
+    rows = store.set_explanations(run_id, summary.model, load_prompt(summary.prompt).hash, summary.config_hash)
+    rows = rows[rows["feature_id"].isin(features)].sort_values("feature_id")
+    quality = set_label_quality(zip(rows["status"], rows["explanation"], rows["error"], strict=True)).format()
+    labels = [f"{f}: {label!r}" if status == "ok" else f"{f}: [{status}]"
+              for f, status, label in zip(rows["feature_id"], rows["status"], rows["explanation"], strict=True)]
+    return quality, labels
 
 
 async def _bench_simulation(store: Any, run: Any, client: Any, features: list[int]) -> dict[str, Any]:
@@ -313,6 +338,11 @@ def _print(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"  explain tokens per feature: {ex['prompt_tokens_per_feature']:.0f} prompt + "
               f"{ex['completion_tokens_per_feature']:.0f} completion; "
               f"{ex['wall_s'] / max(ex['features'], 1):.2f} s per feature")
+        if "quality" in ex:
+            print(f"  {ex['quality']}")
+            if args.print_labels:
+                for label in ex["labels"]:
+                    print(f"    {label}")
         if "prefix_cache" in result and args.llm:
             line = f"  prefix cache {'on' if result['prefix_cache'] else 'off'}"
             if "prefix" in result:

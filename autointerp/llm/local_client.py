@@ -285,9 +285,10 @@ class LocalClient:
     def _load(self) -> Any:
         with self._load_lock:
             if self._lm is None:
-                from autointerp.models import load_model
+                from autointerp.models import llm_dtype, load_model
 
-                self._lm = load_model(self.spec, device=self.device, dtype=self.dtype)
+                dtype = llm_dtype(self.spec, self.device) if self.dtype == "auto" else self.dtype
+                self._lm = load_model(self.spec, device=self.device, dtype=dtype)
             return self._lm
 
     async def check(self) -> None:

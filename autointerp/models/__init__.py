@@ -181,6 +181,36 @@ def cache_dtype(spec: str) -> str:
     return PARTS_MODELS[spec].dtype if spec in PARTS_MODELS else "float32"
 
 
+def native_bf16_cpu() -> bool:
+    """True when this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16; read from Linux's cpuinfo).
+
+    Without those instructions oneDNN emulates bf16 through float32 conversions, which is no faster than
+    float32 itself, so elsewhere the float32 default stays."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        return False
+    return False
+
+
+def llm_dtype(spec: str, device: str = "cpu") -> str:
+    """The dtype an embedded LLM (`--llm local:SPEC`) runs in unless told otherwise.
+
+    The spec's cache dtype (`cache_dtype`), except that a float32 model runs in bfloat16 on a CPU with
+    native bf16 matmuls: SmolLM2 on 2 such cores explained the 12 demo features in 0.91 s per feature
+    instead of 1.49 s and simulated in 4.8 s instead of 10.0 s, peak RSS 2.0 GB instead of 2.8 GB, with as
+    many usable labels (12 of 12). The float32 cache is cast on load; nothing is converted again. Collect
+    keeps its own `--dtype` (float32 by default: activations are the product)."""
+    dtype = cache_dtype(spec)
+    if dtype == "float32" and device == "cpu" and native_bf16_cpu():
+        return "bfloat16"
+    return dtype
+
+
 def load_tokenizer(spec: str) -> Any:
     from transformers import AutoTokenizer
 

@@ -278,6 +278,13 @@ class Store:
             for table in ("feature_logits", "sae_metrics", "scores", "explanations", "examples", "features", "runs"):
                 self.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
 
+    def delete_llm_results(self, run_id: str) -> None:
+        """Remove a run's explanations and scores, keeping what collect and evaluate wrote (benchmarks use
+        it on their private copy of a workspace, so every feature is labelled again)."""
+        with self.transaction():
+            for table in ("scores", "explanations"):
+                self.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
     def run_by_name(self, sae_name: str, include_incomplete: bool = False) -> RunInfo | None:
         frame = self.query_df("SELECT * FROM runs WHERE sae_name = ?", [sae_name])
         if frame.empty:
