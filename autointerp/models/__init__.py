@@ -251,9 +251,22 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
         ) from exc
     model.to(device).eval()
     model.requires_grad_(False)
+    _contiguous_head_input(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=torch.device(device), dtype=DTYPES[dtype])
+
+
+def _contiguous_head_input(model: nn.Module) -> None:
+    """Hand the output head a contiguous input.
+
+    `generate` slices the last position out of the prefill's hidden states (`logits_to_keep=1`): a
+    non-contiguous [batch, 1, d] view of [batch, T, d]. On CPU, torch's bf16 `linear` on such a view costs
+    as much as the whole [batch, T, vocab] product: for Qwen2.5-0.5B, 8 prompts of 1,000 tokens, 3.7 s and
+    2.1 GB of transient memory instead of 14 ms (measured here). A copy of the few rows avoids it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, nn.Module):
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]) if args else None)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
