@@ -260,8 +260,7 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
                 result["explain"] = _figures(summary.n_attempted, summary.n_failed, summary.wall_s,
                                              summary.prompt_tokens, summary.completion_tokens)
                 result["explain"]["cpu_ms_per_feature"] = 1000 * cpu / max(summary.n_attempted, 1)
-                result["explain"]["quality"], result["explain"]["labels"] = _labels(store, run.run_id, summary,
-                                                                                   features)
+                result["explain"]["quality"], result["explain"]["labels"] = _labels(store, summary, features)
                 result["model"] = summary.model
                 if "simulation" in stages:
                     result["simulation"] = await _bench_simulation(store, run, client, features)
@@ -277,14 +276,9 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
     return result
 
 
-def _labels(store: Any, run_id: str, summary: Any, features: list[int]) -> tuple[str, list[str]]:
+def _labels(store: Any, summary: Any, features: list[int]) -> tuple[str, list[str]]:
     """The label-quality line of this explain pass and its labels (failures as their status), by feature."""
-    from autointerp.label_quality import set_label_quality
-    from autointerp.prompting import load_prompt
-
-    rows = store.set_explanations(run_id, summary.model, load_prompt(summary.prompt).hash, summary.config_hash)
-    rows = rows[rows["feature_id"].isin(features)].sort_values("feature_id")
-    quality = set_label_quality(zip(rows["status"], rows["explanation"], rows["error"], strict=True)).format()
+    quality, rows = summary.label_quality(store, features)
     labels = [f"{f}: {label!r}" if status == "ok" else f"{f}: [{status}]"
               for f, status, label in zip(rows["feature_id"], rows["status"], rows["explanation"], strict=True)]
     return quality, labels

@@ -74,15 +74,5 @@ def handle(args: argparse.Namespace) -> int:
 
         summary = asyncio.run(go())
         print(summary.format())
-        print("  " + _label_quality(store, run.run_id, summary, feature_ids))
+        print("  " + summary.label_quality(store, feature_ids)[0])
     return 0 if summary.n_failed == 0 else 1
-
-
-def _label_quality(store, run_id: str, summary, feature_ids: list[int]) -> str:  # noqa: ANN001
-    """The label-quality line for the labels of this model + prompt + config on the selected features."""
-    from autointerp.label_quality import set_label_quality
-    from autointerp.prompting import load_prompt
-
-    rows = store.set_explanations(run_id, summary.model, load_prompt(summary.prompt).hash, summary.config_hash)
-    rows = rows[rows["feature_id"].isin(feature_ids)]
-    return set_label_quality(zip(rows["status"], rows["explanation"], rows["error"], strict=True)).format()

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jsonschema
 
@@ -82,6 +83,16 @@ class ExplainSummary:
     @property
     def features_per_s(self) -> float:
         return self.n_attempted / self.wall_s if self.wall_s > 0 else 0.0
+
+    def label_quality(self, store: Store, feature_ids: Sequence[int]) -> tuple[str, Any]:
+        """The label-quality line of this pass's labels on `feature_ids`, and those rows (feature_id,
+        status, explanation, error) sorted by feature: what explain prints and the benchmark shows."""
+        from autointerp.label_quality import set_label_quality
+
+        rows = store.set_explanations(self.run_id, self.model, load_prompt(self.prompt).hash, self.config_hash)
+        rows = rows[rows["feature_id"].isin(list(feature_ids))].sort_values("feature_id")
+        quality = set_label_quality(zip(rows["status"], rows["explanation"], rows["error"], strict=True))
+        return quality.format(), rows
 
     def tokens_per_feature(self) -> tuple[float, float]:
         """(prompt, completion) tokens per attempted feature, all attempts of a feature included."""
