@@ -145,13 +145,68 @@ def first_reply_problem(status: object, label: object, error: object) -> str | N
     return final_problem(status, label, error)
 
 
+#: Words dropped before a label's opening is read: "the art of music" and "art of dance" open alike.
+_ARTICLES = {"the", "a", "an"}
+
+
+def normalised(label: str) -> str:
+    """Lowercase words only: "Names of artists." and "names of  artists" are the same label."""
+    return " ".join(re.findall(r"[\w']+", label.lower()))
+
+
+def opening(label: str, n_words: int = 2) -> str:
+    """The first `n_words` words after a leading article: the template a small explainer repeats."""
+    words = normalised(label).split()
+    if words and words[0] in _ARTICLES:
+        words = words[1:]
+    return " ".join(words[:n_words])
+
+
+@dataclass
+class Diversity:
+    """Do the usable labels of a set tell features apart? A small explainer can pass every string rule and
+    still write one template for every feature (qwen0.5b on the demo: 'names of artists' three times,
+    'names of ...' for 12 of 12), which the per-label checks cannot see."""
+
+    n: int = 0
+    n_distinct: int = 0
+    top_opening: str = ""
+    top_opening_count: int = 0
+
+    @property
+    def distinct_share(self) -> float:
+        return self.n_distinct / self.n if self.n else 0.0
+
+    def format(self) -> str:
+        if not self.n:
+            return "no usable labels"
+        text = f"{self.n_distinct} distinct of {self.n} usable labels ({100 * self.distinct_share:.0f} %)"
+        if self.top_opening_count > 1:
+            text += f", most common opening {self.top_opening!r} in {self.top_opening_count}"
+        return text
+
+
+def diversity(labels: Iterable[str]) -> Diversity:
+    """Distinct labels (after `normalised`) and the most common `opening` among `labels`."""
+    texts = [normalised(label) for label in labels]
+    texts = [t for t in texts if t]
+    out = Diversity(n=len(texts), n_distinct=len(set(texts)))
+    openings = Counter(opening(t) for t in texts if opening(t))
+    if openings:
+        # Ties go to the alphabetically first opening, so the line is reproducible.
+        out.top_opening, out.top_opening_count = min(openings.items(), key=lambda kv: (-kv[1], kv[0]))
+    return out
+
+
 @dataclass
 class SetLabelQuality:
-    """Label quality of one explanation set: what the stored labels are, and what the first replies were."""
+    """Label quality of one explanation set: what the stored labels are, what the first replies were, and how
+    alike the usable labels are across features."""
 
     final: LabelQuality
     first: LabelQuality
     n_retried_to_usable: int = 0
+    diversity: Diversity = field(default_factory=Diversity)
 
     def format(self) -> str:
         text = self.final.format()
@@ -160,12 +215,15 @@ class SetLabelQuality:
                 f"; first replies: {self.first.n_bad} of {self.first.n} not labels "
                 f"({100 * self.first.bad_share:.0f} %), {self.n_retried_to_usable} fixed by a sampled retry"
             )
+        if self.diversity.n:
+            text += f"; {self.diversity.format()}"
         return text
 
 
 def set_label_quality(rows: Iterable[tuple[object, object, object]]) -> SetLabelQuality:
     """From (status, explanation, error) per stored row of a set."""
     out = SetLabelQuality(LabelQuality(), LabelQuality())
+    usable: list[str] = []
     for status, label, error in rows:
         for quality, problem in (
             (out.final, final_problem(status, label, error)),
@@ -176,4 +234,7 @@ def set_label_quality(rows: Iterable[tuple[object, object, object]]) -> SetLabel
                 quality.problems[problem] += 1
         if status == "ok" and isinstance(error, str) and error.startswith(ACCEPTED_PREFIX):
             out.n_retried_to_usable += 1
+        if final_problem(status, label, error) is None and isinstance(label, str):
+            usable.append(label)
+    out.diversity = diversity(usable)
     return out

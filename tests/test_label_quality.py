@@ -55,3 +55,21 @@ def test_v3_worked_examples_are_turns_and_their_labels_are_flagged_when_copied()
     assert all(label_problem(label) == "example_copy" and len(label.split()) <= 12 for label in shown)
     assert messages[-1]["content"].startswith("1. <s> the <<cat>>")  # the feature's own excerpts come last
     assert "marked tokens" not in " ".join(m["content"] for m in messages)
+
+
+def test_diversity_counts_distinct_labels_and_the_template_a_small_explainer_repeats():
+    from autointerp.label_quality import diversity, set_label_quality
+
+    qwen = ["names of artists", "Names of artists.", "names of opera singers", "names of places", "the human body"]
+    d = diversity(qwen)
+    assert (d.n, d.n_distinct) == (5, 4)
+    assert (d.top_opening, d.top_opening_count) == ("names of", 4)
+    assert "4 distinct of 5 usable labels (80 %)" in d.format() and "'names of' in 4" in d.format()
+    # All different openings: no template line.
+    assert "opening" not in diversity(["years as digits", "country names", "verbs of speaking"]).format()
+    # Only usable labels count: a failed row and an echoed label are left out of the diversity figure.
+    rows = [("ok", "names of artists", None), ("ok", "names of places", None),
+            ("server_error", None, "HTTP 500"), ("ok", "The marked tokens have in common", None)]
+    quality = set_label_quality(rows)
+    assert (quality.diversity.n, quality.diversity.n_distinct) == (2, 2)
+    assert "2 distinct of 2 usable labels" in quality.format()
