@@ -48,3 +48,45 @@ def test_converted_smollm2_loads_back_with_the_same_logits(tmp_path, monkeypatch
     # Writing over a finished conversion needs --force; with it, the directory is replaced whole.
     assert main(["convert", "--model", "smollm2", "--out", str(out)]) == 2
     assert is_converted_dir(out)
+
+
+def _untied_model(head_from_embedding: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        if head_from_embedding:  # two quantizations of one matrix: the same values plus ~5 % noise
+            embedding = model.get_input_embeddings().weight
+            model.get_output_embeddings().weight.copy_(embedding + 0.05 * embedding.std() * torch.randn_like(embedding))
+    return model
+
+
+def test_two_quantized_copies_of_a_tied_embedding_are_written_as_one(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from autointerp.models.convert import tie_quantized_copies
+
+    model = _untied_model(head_from_embedding=True)
+    head = model.get_output_embeddings().weight.detach().clone()
+    distance = tie_quantized_copies(model)
+    assert distance is not None and distance < 0.1
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert torch.equal(model.get_input_embeddings().weight, head), "the head's (more precise) copy is kept"
+    model.save_pretrained(tmp_path / "tied")
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "tied")
+    assert reloaded.config.tie_word_embeddings
+    assert reloaded.get_input_embeddings().weight.data_ptr() == reloaded.get_output_embeddings().weight.data_ptr()
+    assert torch.equal(reloaded.get_output_embeddings().weight, head)
+
+
+def test_a_genuinely_untied_head_stays_its_own_matrix():
+    from autointerp.models.convert import tie_quantized_copies
+
+    model = _untied_model(head_from_embedding=False)
+    distance = tie_quantized_copies(model)
+    assert distance is not None and distance > 1.0
+    assert model.get_input_embeddings().weight is not model.get_output_embeddings().weight
+    assert not model.config.tie_word_embeddings

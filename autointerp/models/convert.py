@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 MARKER_FILE = "autointerp-convert.json"
 #: Files every converted directory must hold (weights are checked separately: one or more shards).
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+#: Bumped when the conversion itself changes what it writes (2: a GGUF's two quantized copies of one tied
+#: embedding matrix are written as one), so caches written by an older converter are redone once.
+CONVERTER_VERSION = 2
+#: Largest ||E - W|| / ||E|| at which an input embedding E and an output head W are two quantizations of one
+#: tied matrix: Qwen2.5-Coder-1.5B's GGUF stores it as Q4_K (embedding) and Q6_K (head), 0.075 apart; two
+#: independent matrices of the same shape are ~1.4 apart.
+TIED_COPY_TOLERANCE = 0.25
 
 
 def cache_root() -> Path:
@@ -39,7 +46,7 @@ def source_fingerprint(spec: str) -> str:
     """A short hash naming the model file(s) a spec points at (path, size, mtime), for the cache key."""
     directory, gguf_file = resolve_model_path(spec)
     files = [directory / gguf_file] if gguf_file else sorted(p for p in directory.iterdir() if p.is_file())
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"converter {CONVERTER_VERSION}\n".encode())
     for path in files:
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
@@ -90,6 +97,37 @@ def _prepare_for_save(model: Any) -> None:
     model.is_quantized = False
 
 
+def tie_quantized_copies(model: Any, tolerance: float = TIED_COPY_TOLERANCE) -> float | None:
+    """Write one matrix where a GGUF kept two quantized copies of a tied embedding; returns their distance.
+
+    Why: llama.cpp's quantizers write a tied model's output head as its own tensor at a higher precision
+    (Q4_K_M: embedding Q4_K, head Q6_K), and transformers then loads an untied model: +467 MB of bf16 for
+    Qwen2.5-Coder-1.5B (vocabulary 151,936 x 1,536), most of what kept its peak RSS above 4 GB. When the two
+    are that close, both become the head's (more precise) copy and the config says tied, as the original
+    model was. Returns ||E - W|| / ||E|| when the model had two copies of one shape (tied or not), else None.
+    """
+    import torch
+
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if embedding is None or head is None or embedding.weight is head.weight:
+        return None
+    if embedding.weight.shape != head.weight.shape:
+        return None
+    with torch.no_grad():
+        e, w = embedding.weight.float(), head.weight.float()
+        distance = float(torch.linalg.vector_norm(e - w) / torch.linalg.vector_norm(e).clamp_min(1e-12))
+        del e, w
+    if distance <= tolerance:
+        embedding.weight = head.weight
+        model.config.tie_word_embeddings = True
+        text_config = getattr(model.config, "get_text_config", lambda: None)()
+        if text_config is not None:
+            text_config.tie_word_embeddings = True
+        log.info("embedding and output head are one tied matrix quantized twice (distance %.3f): written once",
+                 distance)
+    return distance
+
+
 def _portable_tokenizer_config(out_dir: Path) -> None:
     """Make tokenizer_config.json loadable by other transformers versions (vLLM's venv has its own).
 
@@ -136,6 +174,7 @@ def convert_to_hf(spec: str, out_dir: str | Path, dtype: str = "float32", overwr
             "check that it is a complete causal LM (config.json + weights) or a valid .gguf file",
         ) from exc
     _prepare_for_save(model)
+    head_distance = tie_quantized_copies(model) if gguf_file else None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -152,6 +191,9 @@ def convert_to_hf(spec: str, out_dir: str | Path, dtype: str = "float32", overwr
             "gguf_file": gguf_file,
             "dtype": dtype,
             "architecture": type(model).__name__,
+            "converter_version": CONVERTER_VERSION,
+            "embedding_head_distance": head_distance,
+            "tied": bool(model.config.tie_word_embeddings),
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
