@@ -202,8 +202,9 @@ class IntruderLikelihoodScorer(IntruderScorer):
         base = {"method": "likelihood", "n_requests": len(requests)}
         failed = [r for r in results if not r.ok]
         if failed:
+            fix = f"; {NO_LOGPROBS_FIX}" if failed[0].status is Status.NO_LOGPROBS else ""
             return ScoreOutcome(failed[0].status, error=f"{len(failed)}/{len(results)} prompt-logprob requests "
-                                f"failed: {failed[0].error}", details=base, **usage)
+                                f"failed: {failed[0].error}{fix}", details=base, **usage)
         for result, (_, positions) in zip(results, requests, strict=True):
             if len(result.actual) != len(positions):
                 return ScoreOutcome(Status.SERVER_ERROR, error=f"asked the prompt's own logprobs at {len(positions)} "
