@@ -318,3 +318,29 @@ def test_the_score_command_takes_the_scorer(planted, tmp_path):
     with Store(tmp_path / "planted.duckdb") as again:
         (row,) = again.scores(run_id, "intruder_likelihood").to_dict("records")
     assert row["status"] == "no_logprobs" and "--tokenizer" in row["error"]
+
+
+@pytest.mark.slow
+def test_smollm2_finds_most_intruders_of_planted_features(tmp_path):
+    """The embedded SmolLM2-135M as the likelihood judge, on planted features over real wiki text: where its
+    chat answer carries nothing (docs/validity.md), its in-context predictions find most intruders."""
+    from autointerp.llm import make_client
+    from autointerp.models import load_tokenizer
+    from autointerp.testing.planted import validity_features, wiki_documents
+
+    wanted = {'the word "of"', "commas", 'the pronouns "it" and "its"'}
+    features = [f for f in validity_features() if f.label in wanted]
+    # 3 activating + 1 intruder (chance 0.25), 3 questions: ~65 prompts, ~30 s on 2 idle cores
+    config = ScoreConfig(n_activating=10, n_top=2, intruder_n_activating=3, intruder_rounds=3)
+    with Store(tmp_path / "planted.duckdb") as store:
+        run_id = build_planted_store(store, wiki_documents(load_tokenizer("smollm2"), 300), features)
+        client = make_client("local:smollm2")
+        score(store, run_id, client, config=config, feature_ids=[0, 1, 2])
+        frame = store.scores(run_id, "intruder_likelihood")
+    assert len(frame) == 3 and set(frame["status"]) == {"ok"}, frame[["status", "error"]]
+    details = [json.loads(d) for d in frame["details"]]
+    print("\nSmolLM2 likelihood judge:", dict(zip(frame["feature_id"], frame["score"], strict=True)),
+          "AUC", [d["auc"] for d in details])
+    # measured: accuracy 0.67 / 0.67 / 1.0 in bfloat16, 0.33 / 0.67 / 1.0 in float32 (CPUs without native bf16);
+    # AUC 0.85-1.0 in both
+    assert frame["score"].mean() >= 0.5 and all(d["auc"] > 0.75 for d in details)
