@@ -352,9 +352,49 @@ def test_prompt_logprobs_parses_vllm_layout_at_positions():
         result = asyncio.run(ask(fast_client(server)))
     assert result.status is Status.OK and result.positions == [1, 3, 4]
     assert result.top_logprobs == [scripted_logprobs([], p, 3) for p in (1, 3, 4)]  # actual token (rank>3) dropped
+    assert result.actual == [-30.0] * 3  # ... but read on its own: the test server's value for an unlisted token
     body = server.requests[0].body
     assert body["prompt"] == [5, 6, 7, 8, 9] and body["prompt_logprobs"] == 3 and body["max_tokens"] == 1
     assert result.prompt_tokens == 5
+
+
+def own_token_scripted(token_ids: list[int], position: int, top_n: int) -> dict[int, float]:
+    """Top N far from the prompt, plus the prompt's own token ranked just below them (-0.1 x its position)."""
+    return {**{1000 + k: -0.01 * (k + 1) for k in range(top_n)}, token_ids[position]: -0.1 * position - 1.0}
+
+
+@pytest.mark.parametrize("top_n", [0, 2, 20])
+def test_prompt_logprobs_return_the_prompt_tokens_own_logprob_beyond_top_n(top_n):
+    """vLLM lists the prompt's actual token at every position whatever its rank; the client keeps top-N
+    semantics for `top_logprobs` and reads the actual token into `actual` (top_n 0: only that)."""
+
+    async def ask(client: OpenAIClient):
+        try:
+            return await client.prompt_logprobs([5, 6, 7, 8, 9], [1, 2, 4], top_n=top_n)
+        finally:
+            await client.aclose()
+
+    with FakeOpenAIServer(logprobs_reply=own_token_scripted) as server:
+        result = asyncio.run(ask(fast_client(server)))
+        entry = server._completions_body({"prompt": [5, 6, 7, 8, 9], "prompt_logprobs": top_n}, None)
+    assert result.status is Status.OK and server.requests[0].body["prompt_logprobs"] == top_n
+    assert result.actual == pytest.approx([-1.1, -1.2, -1.4])
+    assert result.top_logprobs == [{1000 + k: -0.01 * (k + 1) for k in range(top_n)}] * 3
+    assert entry["choices"][0]["prompt_logprobs"][1]["6"]["rank"] == top_n + 1  # the actual token's own rank
+
+
+def test_prompt_logprobs_top_n_0_over_the_default_server():
+    """The default (pre-encoded) reply path with 0 alternatives still gives valid JSON with the prompt token."""
+
+    async def ask(client: OpenAIClient):
+        try:
+            return await client.prompt_logprobs([1, 2, 3, 4], [1, 3], top_n=0)
+        finally:
+            await client.aclose()
+
+    with FakeOpenAIServer() as server:
+        result = asyncio.run(ask(fast_client(server)))
+    assert result.ok and result.top_logprobs == [{}, {}] and result.actual == [-30.0, -30.0]
 
 
 def test_prompt_logprobs_default_replies_are_deterministic_logprobs():
@@ -388,6 +428,8 @@ def test_prompt_logprobs_rejects_bad_arguments():
     client = make_client("http://127.0.0.1:1/v1", "m")
     with pytest.raises(ValueError, match="top_n"):
         asyncio.run(client.prompt_logprobs([1, 2], [1], top_n=21))
+    with pytest.raises(ValueError, match="top_n"):
+        asyncio.run(client.prompt_logprobs([1, 2], [1], top_n=-1))
     with pytest.raises(ValueError, match="position 0"):
         asyncio.run(client.prompt_logprobs([1, 2], [0], top_n=5))
 
@@ -508,7 +550,7 @@ def test_prompt_logprobs_fast_reply_path_equals_a_whole_parse():
     what a whole-body parse gives, and a body of another shape still reads (whole)."""
     import orjson
 
-    from autointerp.llm.openai_client import _decode_prompt_logprobs_reply, _top_entries
+    from autointerp.llm.openai_client import _decode_prompt_logprobs_reply, _position_logprobs, _top_entries
 
     token_ids = [11, 7, 300, 5, 9000, 42]
     with FakeOpenAIServer() as server:
@@ -522,6 +564,8 @@ def test_prompt_logprobs_fast_reply_path_equals_a_whole_parse():
     assert len(entries) == len(token_ids) == len(whole) and whole[0] is None
     for p in range(1, len(token_ids)):
         assert _top_entries(entries[p], 5) == _top_entries(whole[p], 5)
+        assert _position_logprobs(entries[p], 5, token_ids[p]) == _position_logprobs(whole[p], 5, token_ids[p])
+        assert _position_logprobs(entries[p], 5, token_ids[p])[1] == whole[p][str(token_ids[p])]["logprob"]
         assert len(_top_entries(entries[p], 5)) == 5 and str(token_ids[p]) in whole[p]  # vLLM adds the actual token
     # choices as an object is not the expected shape: the decoder falls back to reading it whole
     odd = orjson.dumps({"choices": {"0": 1}, "prompt_logprobs": [None, {"3": {"logprob": -1.0, "rank": 1}}]})
@@ -536,13 +580,18 @@ def test_a_raw_position_of_another_layout_reads_like_a_parsed_one():
     import msgspec
     import orjson
 
-    from autointerp.llm.openai_client import _top_entries
+    from autointerp.llm.openai_client import _position_logprobs, _top_entries
 
     vllm = {"5": {"logprob": -0.1, "rank": 1, "decoded_token": "a"}, "9": {"logprob": -3.0, "rank": 2},
             "77": {"logprob": -30.0, "rank": 4000, "decoded_token": "z"}}
     plain = {"5": -0.1, "9": -3.0}
     for entry in (vllm, plain):
         assert _top_entries(msgspec.Raw(orjson.dumps(entry)), 2) == _top_entries(entry, 2) == {5: -0.1, 9: -3.0}
+        for actual, value in ((9, -3.0), (12345, None)):  # a token the server did not send: None, never a guess
+            expected = ({5: -0.1, 9: -3.0}, value)
+            assert _position_logprobs(msgspec.Raw(orjson.dumps(entry)), 2, actual) == expected
+            assert _position_logprobs(entry, 2, actual) == expected
+    assert _position_logprobs(vllm, 2, 77) == ({5: -0.1, 9: -3.0}, -30.0)
     with pytest.raises(ValueError, match="no logprobs"):
         _top_entries(msgspec.Raw(b"null"), 2)
     with pytest.raises(ValueError):

@@ -107,6 +107,30 @@ def test_prompt_logprobs_match_a_manual_forward_pass(client):
             values, indices = expected[position - 1].topk(5)
             assert list(top) == indices.tolist()
             assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
+        # the prompt's own token at each position, whatever its rank
+        own = [float(expected[p - 1, ids[p]]) for p in positions]
+        assert result.actual == pytest.approx(own, abs=1e-4)
+
+
+def test_prompt_logprobs_top_n_0_gives_the_prompt_tokens_only(client):
+    """top_n 0 (what the intruder-likelihood scorer asks): no alternatives, the prompt tokens' logprobs, the
+    same as with top_n > 0 (batched with a top-5 request of another prompt)."""
+    tokenizer = client.tokenizer()
+    ids = tokenizer("Seven stone bridges cross the river; the first bridge is the oldest.")["input_ids"]
+    other = tokenizer("A list of colours: red, green, blue.")["input_ids"]
+    positions = list(range(1, len(ids)))
+
+    async def run():
+        return await asyncio.gather(client.prompt_logprobs(ids, positions, top_n=0),
+                                    client.prompt_logprobs(other, [2, 4], top_n=5),
+                                    client.prompt_logprobs(ids, positions, top_n=3))
+
+    bare, _, with_top = asyncio.run(run())
+    assert bare.status is Status.OK and bare.top_logprobs == [{}] * len(positions)
+    assert len(bare.actual) == len(positions) and all(a <= 0 for a in bare.actual)
+    assert bare.actual == pytest.approx(with_top.actual, abs=1e-4)
+    with pytest.raises(ValueError, match="top_n"):
+        asyncio.run(client.prompt_logprobs(ids, positions, top_n=-1))
 
 
 def test_the_embedded_llm_runs_in_bf16_only_where_the_cpu_has_native_bf16(monkeypatch):

@@ -162,11 +162,12 @@ def test_prompt_logprobs_match_a_local_forward(served, smollm2):
 
     async def go():
         try:
-            return await client.prompt_logprobs(ids, positions, top_n=20)
+            return await asyncio.gather(client.prompt_logprobs(ids, positions, top_n=20),
+                                        client.prompt_logprobs(ids, positions, top_n=0))
         finally:
             await client.aclose()
 
-    result = asyncio.run(go())
+    result, bare = asyncio.run(go())
     assert result.status is Status.OK, result.error
     assert result.positions == positions
     assert result.prompt_tokens == len(ids)
@@ -174,6 +175,14 @@ def test_prompt_logprobs_match_a_local_forward(served, smollm2):
     with torch.inference_mode():
         logits = smollm2.model(input_ids=torch.tensor([ids])).logits[0].float()
     local = torch.log_softmax(logits, dim=-1)
+    # vLLM sends the prompt's own token at every position whatever its rank; `prompt_logprobs: 0` sends only it
+    # (what the intruder-likelihood scorer asks)
+    own = [float(local[p - 1, ids[p]]) for p in positions]
+    assert bare.status is Status.OK, bare.error
+    assert bare.top_logprobs == [{}] * len(positions)
+    for got in (result.actual, bare.actual):
+        assert all(a is not None for a in got)
+        assert max(abs(a - b) for a, b in zip(got, own, strict=True)) < 0.75  # bf16 vs fp32, as below
     top1_agree, overlaps, diffs = 0, [], []
     for position, top in zip(positions, result.top_logprobs, strict=True):
         expected = local[position - 1]  # logits at i-1 predict the token at i

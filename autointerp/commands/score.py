@@ -17,11 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "score",
-        help="score explanations: simulation, detection, fuzzing, embedding; intruder (no label) (resumable)",
+        help="score explanations: simulation, detection, fuzzing, embedding; intruder, intruder_likelihood "
+        "(no label) (resumable)",
         description="Score each ok explanation on test-split contexts (documents the explainer never saw). "
         "Rerunning skips scores already stored for the same explanation, scorer, model, prompt and settings; "
         "--retry-failed redoes failed ones. Refuses to run if a test context shares a document with an "
-        "explain-split example. The intruder scorer reads no label: it scores each feature once "
+        "explain-split example. The intruder scorers (intruder, intruder_likelihood) read no label: they score each "
+        "feature once "
         "(the --features given, labelled or not; else the labelled ones).",
     )
     parser.add_argument("--db", required=True, help="workspace DuckDB file (after collect and explain)")

@@ -65,15 +65,20 @@ class ChatResult:
 
 @dataclass
 class LogprobsResult:
-    """Top-N next-token logprobs at chosen prompt positions.
+    """Teacher-forced logprobs at chosen prompt positions: the top N alternatives and the prompt's own token.
 
     `positions[i]` is a list index into the prompt token ids; `top_logprobs[i]` maps token id ->
-    logprob of that token *at* prompt position `positions[i]` (i.e. predicted from the tokens before it).
+    logprob of that token *at* prompt position `positions[i]` (i.e. predicted from the tokens before it),
+    the N most likely ones (empty dicts when N was 0). `actual[i]` is the logprob of the prompt's own token
+    `token_ids[positions[i]]` there, whatever its rank: what a likelihood judge reads (how well the model
+    predicts the text it is shown; the intruder-likelihood scorer). None only where a server sent a
+    position without the prompt's token (vLLM always includes it; a server of another layout may not).
     """
 
     status: Status
     positions: list[int] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    actual: list[float | None] = field(default_factory=list)
     error: str | None = None
     prompt_tokens: int = 0
     latency_s: float = 0.0
@@ -90,7 +95,8 @@ class LLMClient(Protocol):
 
     #: The model name recorded with every label/score (keys resumability).
     model_name: str
-    #: True when `prompt_logprobs` works (the simulator uses it; else it falls back to JSON).
+    #: True when `prompt_logprobs` works (the simulator uses it, else it falls back to JSON; the
+    #: intruder-likelihood scorer needs it).
     supports_prompt_logprobs: bool
     #: Requests this client lets run at once; the work runner keeps about twice this many items in flight.
     concurrency: int
@@ -116,7 +122,9 @@ class LLMClient(Protocol):
         ...
 
     async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:
-        """Teacher-forced top-N logprobs at `positions` of a prompt given as token ids."""
+        """Teacher-forced logprobs at `positions` of a prompt given as token ids: the top-N alternatives
+        (`top_logprobs`) and the prompt's own token at each position (`actual`). `top_n` 0 asks for the
+        prompt's tokens only (as vLLM's `prompt_logprobs: 0`): cheaper, and all a likelihood judge needs."""
         ...
 
     def tokenizer(self) -> Any:

@@ -94,6 +94,10 @@ class _LogprobsItem:
     top_n: int
 
 
+#: One prompt's answer: the top-N {token id: logprob} per asked position, and the prompt token's logprob there.
+_Logprobs = tuple[list[dict[int, float]], list[float]]
+
+
 def schema_prefill(schema: dict[str, Any] | None) -> str:
     """The forced start of a reply to an object schema: `{"first_required": ` plus `"` or `[` by its type.
 
@@ -276,8 +280,9 @@ class LocalClient:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
         self._chat_batcher: MicroBatcher[_ChatItem, _Generated] = MicroBatcher(
             self._generate_batch, self._executor, max_batch_size, batch_wait_s)
-        # A logprobs result is the top-N per position, or the error text when the forward pass raised.
-        self._logprobs_batcher: MicroBatcher[_LogprobsItem, list[dict[int, float]] | str] = MicroBatcher(
+        # A logprobs result is (top-N per position, the prompt token's logprob per position), or the error
+        # text when the forward pass raised.
+        self._logprobs_batcher: MicroBatcher[_LogprobsItem, _Logprobs | str] = MicroBatcher(
             self._logprobs_batch, self._executor, max_batch_size, batch_wait_s)
 
     def __repr__(self) -> str:
@@ -475,22 +480,23 @@ class LocalClient:
     # ------------------------------------------------------------------ prompt logprobs
 
     async def prompt_logprobs(self, token_ids: list[int], positions: list[int], top_n: int = 20) -> LogprobsResult:
-        if top_n < 1:
-            raise ValueError(f"top_n must be at least 1, got {top_n}")
+        if top_n < 0:
+            raise ValueError(f"top_n must be at least 0 (0: the prompt's own tokens only), got {top_n}")
         bad = [p for p in positions if not 1 <= p < len(token_ids)]
         if bad:
             raise ValueError(f"positions {bad} are outside 1..{len(token_ids) - 1} (position 0 has no prediction)")
         started = time.perf_counter()
-        top = await self._logprobs_batcher.submit(_LogprobsItem(list(token_ids), list(positions), top_n))
-        if isinstance(top, str):
-            return LogprobsResult(Status.SERVER_ERROR, error=top, prompt_tokens=len(token_ids),
+        got = await self._logprobs_batcher.submit(_LogprobsItem(list(token_ids), list(positions), top_n))
+        if isinstance(got, str):
+            return LogprobsResult(Status.SERVER_ERROR, error=got, prompt_tokens=len(token_ids),
                                   latency_s=time.perf_counter() - started)
-        return LogprobsResult(Status.OK, positions=list(positions), top_logprobs=top, prompt_tokens=len(token_ids),
-                              latency_s=time.perf_counter() - started)
+        top, actual = got
+        return LogprobsResult(Status.OK, positions=list(positions), top_logprobs=top, actual=list(actual),
+                              prompt_tokens=len(token_ids), latency_s=time.perf_counter() - started)
 
-    def _logprobs_batch(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]] | str]:
+    def _logprobs_batch(self, items: list[_LogprobsItem]) -> list[_Logprobs | str]:
         """Teacher-forced forward passes, a token budget at a time, keeping logits only where asked."""
-        out: list[list[dict[int, float]] | str] = []
+        out: list[_Logprobs | str] = []
         chunk: list[_LogprobsItem] = []
         for item in items:
             longest = max([len(i.token_ids) for i in chunk] + [len(item.token_ids)])
@@ -502,7 +508,7 @@ class LocalClient:
             out += _isolated(self._logprobs_chunk, chunk, _describe)
         return out
 
-    def _logprobs_chunk(self, items: list[_LogprobsItem]) -> list[list[dict[int, float]]]:
+    def _logprobs_chunk(self, items: list[_LogprobsItem]) -> list[_Logprobs]:
         import torch
 
         lm = self._load()
@@ -546,9 +552,15 @@ class LocalClient:
                 index = [p - 1 - shared for p in item.positions]
                 row_logits = head(hidden[row, index]) if logits is None else logits[row, index]
                 logprobs = torch.log_softmax(row_logits.float(), dim=-1)
-                values, indices = logprobs.topk(min(item.top_n, logprobs.shape[-1]), dim=-1)
-                results.append([
-                    dict(zip(idx.tolist(), val.tolist(), strict=True)) for val, idx in zip(values, indices, strict=True)
-                ])
+                # the prompt's own token at each asked position (teacher forcing: the token that follows)
+                own = torch.tensor([item.token_ids[p] for p in item.positions], dtype=torch.long, device=logprobs.device)
+                actual = logprobs.gather(-1, own.unsqueeze(-1)).squeeze(-1).tolist()
+                if item.top_n > 0:
+                    values, indices = logprobs.topk(min(item.top_n, logprobs.shape[-1]), dim=-1)
+                    top = [dict(zip(idx.tolist(), val.tolist(), strict=True))
+                           for val, idx in zip(values, indices, strict=True)]
+                else:  # top_n 0: the prompt's tokens only, no vocabulary-wide sort
+                    top = [{} for _ in item.positions]
+                results.append((top, actual))
                 del row_logits, logprobs
         return results

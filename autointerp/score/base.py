@@ -139,6 +139,7 @@ BUILTIN_SCORERS: dict[str, str] = {
     "fuzzing": "autointerp.score.fuzzing",
     "embedding": "autointerp.score.embedding",
     "intruder": "autointerp.score.intruder",
+    "intruder_likelihood": "autointerp.score.intruder_likelihood",
 }
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,6 +46,14 @@ from autointerp.score.metrics import auc
 
 #: Added to the feature seed so the intruder draws differ from detection's and fuzzing's.
 SEED_OFFSET = 3
+
+
+@dataclass(frozen=True)
+class Marked:
+    """One text of an intruder round: a test context and the token positions marked on it."""
+
+    context: TestContext
+    marks: frozenset[int]
 
 
 def intruder_schema(n: int) -> dict[str, Any]:
@@ -145,8 +154,10 @@ class IntruderScorer(Scorer):
     def _show(self, context: TestContext, marks: set[int]) -> str:
         return one_line(mark(context.tokens, marks) if self.config.intruder_highlight else context.text)
 
-    def rounds(self, item: FeatureToScore, rng: np.random.Generator) -> list[tuple[list[str], int]]:
-        """Per round: the texts in the order shown and the 0-based position of the intruder."""
+    def round_contexts(self, item: FeatureToScore, rng: np.random.Generator) -> list[tuple[list[Marked], int]]:
+        """Per round: the contexts in the order shown, each with the positions marked on it (the firing
+        tokens; the intruder's k random ones), and the 0-based position of the intruder. Every judge of
+        the intruder question (this chat judge, the likelihood judge) draws its rounds here."""
         activating = [c for c in item.contexts if c.activating and c.tokens and firing_positions(c)]
         negatives = [c for c in item.contexts if not c.activating and c.tokens]
         if len(activating) < 2 or not negatives:
@@ -157,12 +168,19 @@ class IntruderScorer(Scorer):
         out = []
         for r in range(self.config.intruder_rounds):
             chosen = [activating[int(i)] for i in rng.choice(len(activating), size=n, replace=False)]
-            texts = [self._show(c, firing_positions(c)) for c in chosen]
+            texts = [Marked(c, frozenset(firing_positions(c))) for c in chosen]
             intruder = intruders[r % len(intruders)]
             where = int(rng.integers(0, n + 1))
-            texts.insert(where, self._show(intruder, random_positions(len(intruder.tokens), k, rng)))
+            texts.insert(where, Marked(intruder, frozenset(random_positions(len(intruder.tokens), k, rng))))
             out.append((texts, where))
         return out
+
+    def rounds(self, item: FeatureToScore, rng: np.random.Generator) -> list[tuple[list[str], int]]:
+        """Per round: the texts in the order shown and the 0-based position of the intruder."""
+        return [
+            ([self._show(m.context, set(m.marks)) for m in texts], where)
+            for texts, where in self.round_contexts(item, rng)
+        ]
 
     async def score(self, item: FeatureToScore) -> ScoreOutcome:
         assert self.client is not None

@@ -1,15 +1,17 @@
-"""Validity of the intruder scorer: planted features (clean token sets) against random latents of a random SAE.
+"""Validity of the intruder scorers: planted features (clean token sets) against random latents of a random SAE.
 
-Why: the intruder scorer reads no label, so the shuffled-label baseline says nothing about it; what it must
-show is that coherent features score far above incoherent ones. Planted features fire exactly on a token
-set (`planted.validity_features`, over real wiki text cut by SmolLM2's tokenizer); the random latents are
-features of an SAE with random weights, collected by the real `collect` over the built-in wiki corpus on
-SmolLM2's residual stream. Both are scored with the intruder scorer and the same settings; the table gives
-each group's mean accuracy with its bootstrap 95 % CI, the chance level, the logprob AUC, and the difference
-planted - random (unpaired bootstrap CI, permutation p). It separates when that CI lies above 0 and
-planted's own CI lies above chance (`verdict`).
+Why: the intruder scorers read no label, so the shuffled-label baseline says nothing about them; what they
+must show is that coherent features score far above incoherent ones. Planted features fire exactly on a
+token set (`planted.validity_features`, over real wiki text cut by SmolLM2's tokenizer); the random latents
+are features of an SAE with random weights, collected by the real `collect` over the built-in wiki corpus
+on SmolLM2's residual stream. Both are scored with each scorer asked (`--scorer`: `intruder`, the judge's
+chat answer, and/or `intruder_likelihood`, its in-context likelihood gain) and the same settings; a table
+per scorer gives each group's mean accuracy with its bootstrap 95 % CI, the chance level, the AUC, and the
+difference planted - random (unpaired bootstrap CI, permutation p). It separates when that CI lies above 0
+and planted's own CI lies above chance (`verdict`).
 
-    python -m autointerp.testing.intruder_validity --llm local:smollm2 [--n-features 26] [--db PATH]
+    python -m autointerp.testing.intruder_validity --llm local:smollm2 [--scorer intruder_likelihood]
+        [--n-features 26] [--db PATH]
 """
 
 from __future__ import annotations
@@ -61,16 +63,24 @@ def write_random_sae(directory: Path, d_in: int, d_sae: int, k: int, seed: int) 
     return save_saelens(sae.eval(), directory)
 
 
-def intruder_scores(store: Store, run_id: str, model: str, ids: list[int]) -> pd.DataFrame:
-    """This judge's intruder scores of the features asked (a workspace may hold other judges' and sizes')."""
+#: The scorers the harness checks, and what its second-to-last column shows for each (from details).
+SCORERS = {
+    "intruder": ("raw_accuracy", "raw answers' accuracy"),
+    "intruder_likelihood": ("accuracy_all_tokens", "accuracy, all tokens scored"),
+}
+
+
+def intruder_scores(
+    store: Store, run_id: str, model: str, ids: list[int], scorer: str = "intruder"
+) -> pd.DataFrame:
+    """This judge's scores by `scorer` of the features asked (a workspace may hold other judges' and sizes')."""
     scores = store.label_free_scores(run_id)
-    keep = (
-        (scores["scorer"] == "intruder") & (scores["scorer_model"] == model) & scores["feature_id"].isin(ids)
-    )
+    keep = (scores["scorer"] == scorer) & (scores["scorer_model"] == model) & scores["feature_id"].isin(ids)
     return scores[keep]
 
 
-def group_result(scores: pd.DataFrame, name: str, seed: int) -> GroupResult:
+def group_result(scores: pd.DataFrame, name: str, seed: int, extra: str = "raw_accuracy") -> GroupResult:
+    """A group's mean accuracy with its CI; `extra` names the details field averaged into `raw_mean`."""
     from autointerp.report.stats import STATISTICS, bootstrap_ci
 
     ok = scores[scores["status"] == "ok"]
@@ -80,7 +90,7 @@ def group_result(scores: pd.DataFrame, name: str, seed: int) -> GroupResult:
     est = bootstrap_ci(ok["score"].to_numpy(dtype=float), STATISTICS["mean"], 2000, seed)
     details = [json.loads(d) for d in ok["details"]]
     aucs = [a for d in details if isinstance(a := d.get("auc"), int | float)]
-    raws = [r for d in details if isinstance(r := d.get("raw_accuracy"), int | float)]
+    raws = [r for d in details if isinstance(r := d.get(extra), int | float)]
     return GroupResult(
         name,
         len(ok),
@@ -94,7 +104,9 @@ def group_result(scores: pd.DataFrame, name: str, seed: int) -> GroupResult:
     )
 
 
-def format_table(rows: list[GroupResult], diff: Difference, markdown: bool = False) -> str:
+def format_table(
+    rows: list[GroupResult], diff: Difference, markdown: bool = False, extra: str = "raw answers' accuracy"
+) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -104,7 +116,7 @@ def format_table(rows: list[GroupResult], diff: Difference, markdown: bool = Fal
         "mean accuracy [95 % CI]",
         "chance",
         "mean AUC",
-        "raw answers' accuracy",
+        extra,
         "statuses",
     ]
     body = [
@@ -206,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-sae", type=int, default=512, help="random SAE width")
     parser.add_argument("--k", type=int, default=16, help="random SAE TopK")
     parser.add_argument("--rounds", type=int, default=5, help="intruder questions per feature")
+    parser.add_argument(
+        "--scorer",
+        default="intruder,intruder_likelihood",
+        help="comma-separated: intruder (the judge's chat answer), intruder_likelihood (its in-context "
+        "likelihood gain); default both, one table each",
+    )
     parser.add_argument("--no-highlight", action="store_true", help="intruder: no token marks")
     parser.add_argument(
         "--no-debias", action="store_true", help="intruder: one order per question, no rotations"
@@ -214,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true")
     add_llm_arguments(parser)
     args = parser.parse_args(argv)
+    scorers = [s.strip() for s in args.scorer.split(",") if s.strip()]
+    unknown = sorted(set(scorers) - set(SCORERS))
+    if unknown or not scorers:
+        parser.error(f"--scorer takes {', '.join(SCORERS)} (comma-separated), got {args.scorer!r}")
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="intruder-validity-"))
     db = Path(args.db) if args.db else work / "intruder.duckdb"
@@ -249,34 +271,45 @@ def main(argv: list[str] | None = None) -> int:
         planted_ids = [int(f) for f in store.features(planted.run_id)["feature_id"]][: args.n_features]
         random_ids = random_latents(store, random_run, len(planted_ids), args.seed)
 
+        timings: dict[str, float] = {}
+
         async def go() -> None:
             try:
-                for run, ids in ((planted, planted_ids), (random_run, random_ids)):
-                    await ascore_features(store, run, client, ["intruder"], config, ids, progress=False)
+                for scorer in scorers:
+                    began = time.perf_counter()
+                    for run, ids in ((planted, planted_ids), (random_run, random_ids)):
+                        await ascore_features(store, run, client, [scorer], config, ids, progress=False)
+                    timings[scorer] = time.perf_counter() - began
             finally:
                 await client.aclose()
 
         asyncio.run(go())
-        a = intruder_scores(store, planted.run_id, client.model_name, planted_ids)
-        b = intruder_scores(store, random_run.run_id, client.model_name, random_ids)
-        rows = [
-            group_result(a, "planted", args.seed),
-            group_result(b, "random SAE latents", args.seed),
-        ]
+        tables = []
+        for scorer in scorers:
+            field, column = SCORERS[scorer]
+            a = intruder_scores(store, planted.run_id, client.model_name, planted_ids, scorer)
+            b = intruder_scores(store, random_run.run_id, client.model_name, random_ids, scorer)
+            rows = [
+                group_result(a, "planted", args.seed, field),
+                group_result(b, "random SAE latents", args.seed, field),
+            ]
+            diff = unpaired_difference(
+                a[a["status"] == "ok"]["score"].to_numpy(float),
+                b[b["status"] == "ok"]["score"].to_numpy(float),
+                seed=args.seed,
+            )
+            tables.append((scorer, rows, diff, column))
 
-    diff = unpaired_difference(
-        a[a["status"] == "ok"]["score"].to_numpy(float),
-        b[b["status"] == "ok"]["score"].to_numpy(float),
-        seed=args.seed,
-    )
     print(
-        f"intruder scorer, {client.model_name}: {config.intruder_n_activating} activating + 1 intruder per question, "
+        f"{client.model_name}: {config.intruder_n_activating} activating + 1 intruder per question, "
         f"{args.rounds} questions per feature, highlight {'off' if args.no_highlight else 'on'}, debias "
-        f"{'off' if args.no_debias else 'on'}; random SAE "
+        f"(intruder only) {'off' if args.no_debias else 'on'}; random SAE "
         f"{args.d_sae} latents k={args.k} on smollm2 layers.15 over {args.tokens} wiki tokens; db {db}; "
-        f"{time.perf_counter() - started:.0f} s"
+        f"{time.perf_counter() - started:.0f} s in all"
     )
-    print(format_table(rows, diff, markdown=args.markdown))
+    for scorer, rows, diff, column in tables:
+        print(f"\nscorer {scorer} ({timings.get(scorer, 0.0):.0f} s scoring):")
+        print(format_table(rows, diff, markdown=args.markdown, extra=column))
     return 0
 
 

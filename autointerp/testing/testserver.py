@@ -525,7 +525,7 @@ class FakeOpenAIServer:
         top_n = body.get("prompt_logprobs")
         raw_logprobs = None
         if top_n is not None and token_ids is not None and self.supports_prompt_logprobs:
-            if self.logprobs_reply is None:
+            if self.logprobs_reply is None and int(top_n) > 0:  # 0 (the prompt's tokens only) takes the plain path
                 raw_logprobs = self._encoded_prompt_logprobs(token_ids, int(top_n))
                 choice["prompt_logprobs"] = _PLACEHOLDER
             else:
@@ -574,16 +574,21 @@ class FakeOpenAIServer:
         return b",".join(parts) + b"]"
 
     def _logprob_entry(self, token_ids: list[int], position: int, top_n: int, seed: int) -> dict[str, Any]:
-        """vLLM's layout: top N by rank plus the actual prompt token (with its own rank)."""
+        """vLLM's layout: top N by rank plus the actual prompt token (with its own rank); `top_n` 0 gives the
+        actual token alone. A `logprobs_reply` may name more tokens than N (the actual one among them, to
+        script its logprob): only the N best are listed, and the actual token's entry takes its value and
+        rank from them (else -30 at the vocabulary's last rank)."""
         if self.logprobs_reply is not None:
             top = self.logprobs_reply(token_ids, position, top_n)
         else:
             top = pseudo_random_logprobs(token_ids, position, top_n, self.vocab_size, seed=seed)
         ranked = sorted(top.items(), key=lambda kv: -kv[1])
-        entry = {str(t): {"logprob": lp, "rank": r + 1, "decoded_token": f"<{t}>"} for r, (t, lp) in enumerate(ranked)}
+        entry = {str(t): {"logprob": lp, "rank": r + 1, "decoded_token": f"<{t}>"}
+                 for r, (t, lp) in enumerate(ranked[:top_n])}
         actual = token_ids[position]
         if str(actual) not in entry:
-            entry[str(actual)] = {"logprob": -30.0, "rank": self.vocab_size, "decoded_token": f"<{actual}>"}
+            rank = next((r + 1 for r, (t, _) in enumerate(ranked) if t == actual), self.vocab_size)
+            entry[str(actual)] = {"logprob": top.get(actual, -30.0), "rank": rank, "decoded_token": f"<{actual}>"}
         return entry
 
     def metrics_text(self) -> str:
