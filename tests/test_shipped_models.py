@@ -89,3 +89,28 @@ def test_shipped_specs_name_every_part_package() -> None:
     missing = replace(PARTS_MODELS["qwen0.5b"], pip_prefix="autointerp-not-installed-part")
     with pytest.raises(UserError, match="6 of 6 parts missing"):
         part_files(missing)
+
+
+@pytest.mark.slow
+def test_a_gguf_tokenizer_is_cached_on_its_own_and_loads_back_the_same(tmp_path, monkeypatch):
+    """A scorer against a vLLM server needs only the tokenizer: it must not parse the GGUF at every start."""
+    import time
+
+    from autointerp.models import load_tokenizer
+
+    monkeypatch.setenv("AUTOINTERP_CACHE_DIR", str(tmp_path))
+    started = time.perf_counter()
+    first = load_tokenizer("smollm2")  # no converted directory in this cache: read from the GGUF, then kept
+    from_gguf_s = time.perf_counter() - started
+    kept = list((tmp_path / "models").glob("smollm2-*-tokenizer"))
+    assert len(kept) == 1 and (kept[0] / "tokenizer.json").is_file()
+    assert not list((tmp_path / "models").glob(".*partial*"))
+    started = time.perf_counter()
+    second = load_tokenizer("smollm2")
+    cached_s = time.perf_counter() - started
+    text = "The capital of France is Paris.\tIt has 2,148,271 people."
+    assert second.encode(text) == first.encode(text)
+    messages = [{"role": "user", "content": "Hi"}]
+    assert second.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
+        first.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert cached_s < from_gguf_s / 3, (cached_s, from_gguf_s)
