@@ -252,3 +252,35 @@ def test_the_validity_harness_needs_planted_above_chance_to_say_separates() -> N
     assert verdict(planted(0.40, 0.60), no_gap).startswith("does not separate (CI of the difference")
     empty = Difference(float("nan"), float("nan"), float("nan"), float("nan"), False, 0, 20)
     assert verdict(planted(0.40, 0.60), empty).startswith("does not separate")
+
+
+def test_the_catalog_carries_label_free_scores_and_keeps_hard_negative_detection_apart(planted, tmp_path):
+    """Export joined scores through the label set, so intruder scores (stored per feature) never reached the
+    catalog, and detection against hard negatives shared one column with detection against random ones."""
+    from autointerp.report.export import export_catalog
+
+    store, run_id = planted
+    with FakeOpenAIServer(chat_reply=oracle) as server:
+        run(store, run_id, server, feature_ids=[0, 1], scorers=("intruder", "detection"))
+    # A second detection row for feature 0, scored later "against hard negatives" (as score --negatives hard
+    # stores it): copied from the random-negative row with a distinct score.
+    row = store.query_df("SELECT * FROM scores WHERE scorer = 'detection'").iloc[0]
+    store.con.execute(
+        "INSERT INTO scores SELECT * REPLACE (score_id || '-hard' AS score_id, 0.123 AS score, 'ok' AS status, "
+        "json_merge_patch(config, '{\"negatives\": \"hard\"}')::JSON AS config, created_at + INTERVAL 1 SECOND "
+        "AS created_at) FROM scores WHERE score_id = ?", [row["score_id"]])
+    result = export_catalog(store, None, tmp_path / "catalog.parquet", "parquet")
+    assert "intruder" in result.scorers and "detection:hard" in result.scorers
+    catalog = pd.read_parquet(tmp_path / "catalog.parquet").set_index("feature_id")
+    intruder = store.scores(run_id, "intruder").set_index("feature_id")
+    for feature in (0, 1):  # feature 1 has no label, and still has its label-free score
+        assert catalog.loc[feature, "intruder_score"] == intruder.loc[feature, "score"] == 1.0
+        assert catalog.loc[feature, "intruder_status"] == "ok" and catalog.loc[feature, "intruder_chance"] == 0.25
+    assert catalog.loc[0, "detection_hard_score"] == 0.123 and catalog.loc[0, "detection_hard_status"] == "ok"
+    # the random-negative row keeps its own column (here a failure: the oracle server answers intruder JSON)
+    assert catalog.loc[0, "detection_status"] == row["status"] != "ok"
+    assert pd.isna(catalog.loc[0, "detection_score"])
+    lines = (tmp_path / "catalog.jsonl")
+    export_catalog(store, None, lines, "neuronpedia")
+    first = json.loads(lines.read_text().splitlines()[0])
+    assert first["labelFreeScores"] == [{"scorer": "intruder", "value": 1.0, "chance": 0.25, "status": "ok"}]

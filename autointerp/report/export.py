@@ -40,14 +40,16 @@ def export_catalog(store: Store, sae_name: str | None, out: Path, fmt: str, expl
     if chosen is not None:
         scorers = store.set_scorers(run.run_id, *chosen.key)
     key = chosen.key if chosen else None
+    # Label-free scores (intruder) belong to the feature, not to a label: exported whatever set is chosen.
+    label_free = store.label_free_scorers(run.run_id)
     if fmt == "parquet":
-        n = store.export_catalog(run.run_id, out, key, scorers, n_contexts)
-        return ExportResult(out, n, scorers)
-    frame = store.catalog_df(run.run_id, key, scorers, n_contexts)
-    lines = [json.dumps(_clean(neuronpedia_feature(row, scorers)), ensure_ascii=False, allow_nan=False)
+        n = store.export_catalog(run.run_id, out, key, scorers, n_contexts, label_free)
+        return ExportResult(out, n, [*scorers, *label_free])
+    frame = store.catalog_df(run.run_id, key, scorers, n_contexts, label_free)
+    lines = [json.dumps(_clean(neuronpedia_feature(row, scorers, label_free)), ensure_ascii=False, allow_nan=False)
              for row in frame.to_dict("records")]
     write_text_atomic(out, "".join(line + "\n" for line in lines))
-    return ExportResult(out, len(lines), scorers)
+    return ExportResult(out, len(lines), [*scorers, *label_free])
 
 
 def _num(v: Any) -> float | None:
@@ -57,8 +59,9 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def neuronpedia_feature(row: dict[str, Any], scorers: list[str]) -> dict[str, Any]:
-    """One catalog row in Neuronpedia's feature-export field names."""
+def neuronpedia_feature(row: dict[str, Any], scorers: list[str], label_free: list[str] | None = None) -> dict[str, Any]:
+    """One catalog row in Neuronpedia's feature-export field names; label-free scores (intruder), which no
+    explanation owns, go under `labelFreeScores`."""
     activations = []
     for ctx in row["top_contexts"] if row["top_contexts"] is not None else []:
         values = np.asarray(ctx["activations"], dtype=float)
@@ -96,6 +99,9 @@ def neuronpedia_feature(row: dict[str, Any], scorers: list[str]) -> dict[str, An
         "pos_str": pos_str, "pos_values": pos_values, "neg_str": neg_str, "neg_values": neg_values,
         "frac_nonzero": _num(row["density"]),
         "maxActApprox": _num(row["max_activation"]),
+        "labelFreeScores": [{"scorer": s, "value": _num(row.get(f"{_col(s)}_score")),
+                             "chance": _num(row.get(f"{_col(s)}_chance")), "status": row.get(f"{_col(s)}_status")}
+                            for s in label_free or []],
     }
 
 

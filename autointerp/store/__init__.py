@@ -713,6 +713,16 @@ class Store:
             ).fetchall()
         return [str(r[0]) for r in rows if r[0] is not None]
 
+    def label_free_scorers(self, run_id: str) -> list[str]:
+        """The label-free scorers (intruder, intruder_likelihood) with at least one score in the run."""
+        with self._lock:
+            rows = self.con.execute(
+                f"SELECT DISTINCT {_SCORER_SHOWN} FROM scores s WHERE s.run_id = ? AND starts_with(s.explanation_id, ?) "
+                "ORDER BY 1",
+                [run_id, LABEL_FREE_PREFIX],
+            ).fetchall()
+        return [str(r[0]) for r in rows if r[0] is not None]
+
     def _catalog_query(
         self,
         run_id: str,
@@ -720,14 +730,16 @@ class Store:
         scorers: Sequence[str],
         n_contexts: int,
         features: tuple[int, int] = (0, 2**62),
+        label_free: Sequence[str] = (),
     ) -> tuple[str, dict[str, Any]]:
         """One row per feature of the run with lo <= feature_id < hi (`features`); see docs/parquet-schema.md.
-        Score columns are per scorer."""
+        Score columns are per scorer as the report names them (`detection:hard` apart from `detection`); the
+        `label_free` scorers' columns come from the feature's label-free scores, whatever label set is shown."""
         model, prompt_hash, config_hash = explanation_set or ("", "", "")  # no set: no label rows match
         null_model, null_prompt, null_config = null_set_key((model, prompt_hash, config_hash))
         params: dict[str, Any] = {"run": run_id, "m": model, "p": prompt_hash, "c": config_hash, "k": n_contexts,
                                   "nm": null_model, "np": null_prompt, "nc": null_config,
-                                  "lo": int(features[0]), "hi": int(features[1])}
+                                  "lo": int(features[0]), "hi": int(features[1]), "lfp": LABEL_FREE_PREFIX}
         score_cols, null_cols = [], []
         for i, scorer in enumerate(scorers):
             col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
@@ -738,15 +750,31 @@ class Store:
                 f'max(chance) FILTER (WHERE scorer = $s{i}) AS "{col}_chance"'
             )
             null_cols.append(f"max(score) FILTER (WHERE scorer = $s{i} AND status = 'ok') AS \"{col}_null\"")
+        free_cols = []
+        for i, scorer in enumerate(label_free):
+            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
+            params[f"f{i}"] = scorer
+            free_cols.append(
+                f'max(score) FILTER (WHERE scorer = $f{i}) AS "{col}_score", '
+                f"max(status) FILTER (WHERE scorer = $f{i}) AS \"{col}_status\", "
+                f'max(chance) FILTER (WHERE scorer = $f{i}) AS "{col}_chance"'
+            )
         pivot_cols = ", ".join(score_cols)
         sc_select = f", {pivot_cols}" if score_cols else ""
         nl_select = f", {', '.join(null_cols)}" if null_cols else ""
+        lf_select = f", {', '.join(free_cols)}" if free_cols else ""
         outer_scores = ""
         for scorer in scorers:
             col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
             outer_scores += (
                 f', sc."{col}_score", coalesce(sc."{col}_status", \'not_scored\') AS "{col}_status", '
                 f'sc."{col}_chance", nl."{col}_null"'
+            )
+        for scorer in label_free:
+            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
+            outer_scores += (
+                f', lf."{col}_score", coalesce(lf."{col}_status", \'not_scored\') AS "{col}_status", '
+                f'lf."{col}_chance"'
             )
         sql = f"""
         WITH lab AS (
@@ -755,22 +783,33 @@ class Store:
             WHERE run_id = $run AND explainer_model = $m AND prompt_hash = $p AND config_hash = $c
               AND feature_id >= $lo AND feature_id < $hi
         ), latest AS (
-            SELECT s.feature_id, s.scorer, s.score, s.status, s.chance
+            -- scorers as the report names them: detection against hard negatives is `detection:hard`
+            SELECT s.feature_id, {_SCORER_SHOWN} AS scorer, s.score, s.status, s.chance
             FROM scores s JOIN lab ON lab.explanation_id = s.explanation_id
-            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN}
                                        ORDER BY s.created_at DESC, s.score_id) = 1
         ), sc AS (
             SELECT feature_id{sc_select} FROM latest GROUP BY feature_id
         ), null_latest AS (
             -- the feature's score with a shuffled label (its set's null set), NULL where not sampled
-            SELECT s.feature_id, s.scorer, s.score, s.status
+            SELECT s.feature_id, {_SCORER_SHOWN} AS scorer, s.score, s.status
             FROM scores s JOIN explanations ne ON ne.explanation_id = s.explanation_id
             WHERE ne.run_id = $run AND ne.explainer_model = $nm AND ne.prompt_hash = $np AND ne.config_hash = $nc
               AND ne.feature_id >= $lo AND ne.feature_id < $hi
-            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN}
                                        ORDER BY s.created_at DESC, s.score_id) = 1
         ), nl AS (
             SELECT feature_id{nl_select} FROM null_latest GROUP BY feature_id
+        ), free_latest AS (
+            -- label-free scores (intruder): stored per feature, never under an explanation
+            SELECT s.feature_id, {_SCORER_SHOWN} AS scorer, s.score, s.status, s.chance
+            FROM scores s
+            WHERE s.run_id = $run AND starts_with(s.explanation_id, $lfp)
+              AND s.feature_id >= $lo AND s.feature_id < $hi
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN}
+                                       ORDER BY s.created_at DESC, s.score_id) = 1
+        ), lf AS (
+            SELECT feature_id{lf_select} FROM free_latest GROUP BY feature_id
         ), ranked AS (
             -- the k top examples per feature are chosen BEFORE the join with contexts, so only their
             -- token lists are read (joining first read every top example's tokens: most of export's time)
@@ -809,6 +848,7 @@ class Store:
         LEFT JOIN lab ON lab.feature_id = f.feature_id
         LEFT JOIN sc ON sc.feature_id = f.feature_id
         LEFT JOIN nl ON nl.feature_id = f.feature_id
+        LEFT JOIN lf ON lf.feature_id = f.feature_id
         LEFT JOIN top ON top.feature_id = f.feature_id
         LEFT JOIN lg ON lg.feature_id = f.feature_id
         WHERE f.run_id = $run AND f.feature_id >= $lo AND f.feature_id < $hi
@@ -817,10 +857,11 @@ class Store:
         return sql, params
 
     def catalog_df(
-        self, run_id: str, explanation_set: tuple[str, str, str] | None, scorers: Sequence[str], n_contexts: int = 10
+        self, run_id: str, explanation_set: tuple[str, str, str] | None, scorers: Sequence[str], n_contexts: int = 10,
+        label_free: Sequence[str] = (),
     ) -> pd.DataFrame:
         """The feature catalog as a DataFrame (same rows and columns as `export_catalog` writes)."""
-        sql, params = self._catalog_query(run_id, explanation_set, scorers, n_contexts)
+        sql, params = self._catalog_query(run_id, explanation_set, scorers, n_contexts, label_free=label_free)
         with self._lock:
             return self.con.execute(sql, params).df()
 
@@ -831,6 +872,7 @@ class Store:
         explanation_set: tuple[str, str, str] | None,
         scorers: Sequence[str],
         n_contexts: int = 10,
+        label_free: Sequence[str] = (),
     ) -> int:
         """Write the catalog as parquet, EXPORT_CHUNK_FEATURES features per query; returns the number of rows.
 
@@ -854,7 +896,7 @@ class Store:
         try:
             for start in range(lo, hi + 1, EXPORT_CHUNK_FEATURES) if hi >= lo else [0]:
                 sql, params = self._catalog_query(
-                    run_id, explanation_set, scorers, n_contexts, (start, start + EXPORT_CHUNK_FEATURES)
+                    run_id, explanation_set, scorers, n_contexts, (start, start + EXPORT_CHUNK_FEATURES), label_free
                 )
                 with self._lock:
                     table = self.con.sql(sql, params=params).to_arrow_table()
