@@ -144,3 +144,29 @@ def test_the_embedded_llm_runs_in_bf16_only_where_the_cpu_has_native_bf16(monkey
         assert models.llm_dtype("smollm2", device="cuda") == "float32"
     monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
     assert models.llm_dtype("qwen0.5b") == "bfloat16"
+
+
+def test_prompt_logprobs_of_many_positions_are_read_in_parts(client, monkeypatch):
+    """The vocabulary-wide logprobs are computed LOGPROB_POSITIONS positions at a time (memory); parts of 3 give
+    every position, in order, the numbers of a manual forward pass."""
+    from autointerp.llm import local_client
+
+    tokenizer = client.tokenizer()
+    ids = tokenizer("Seven stone bridges cross the river; the first bridge, the oldest, is made of grey stone.")["input_ids"]
+    other = tokenizer("A list of colours: red, green, blue, yellow, purple.")["input_ids"]
+    positions = list(range(2, len(ids)))
+    monkeypatch.setattr(local_client, "LOGPROB_POSITIONS", 3)
+
+    async def run():
+        return await asyncio.gather(client.prompt_logprobs(ids, positions, top_n=4),
+                                    client.prompt_logprobs(other, list(range(1, len(other))), top_n=0))
+
+    result, _ = asyncio.run(run())
+    assert result.status is Status.OK and len(result.top_logprobs) == len(positions) > 3 * 3
+    with torch.inference_mode():
+        expected = torch.log_softmax(client._lm.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    for position, top, actual in zip(positions, result.top_logprobs, result.actual, strict=True):
+        values, indices = expected[position - 1].topk(4)
+        assert list(top) == indices.tolist()
+        assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
+        assert actual == pytest.approx(float(expected[position - 1, ids[position]]), abs=1e-4)

@@ -85,3 +85,43 @@ def test_replies_and_logprobs_equal_with_and_without_prefix_cache(client: LocalC
         for a, b in zip(with_cache, without, strict=True):
             assert list(a) == list(b)
             assert max(abs(a[k] - b[k]) for k in a) < 1e-3
+
+
+@pytest.mark.slow
+def test_a_chunked_prefill_gives_the_same_replies_and_logprobs(client: LocalClient) -> None:
+    """Prompts read `prefill_chunk` positions per forward pass (for memory): same greedy replies and logprobs as in
+    one pass, with and without the prefix cache, for a batch whose rows have different lengths (padding)."""
+    system = "You label things in a few words. " * 6
+    messages = [
+        [{"role": "system", "content": system}, {"role": "user", "content": q}]
+        for q in ("Name a fruit.", "Name a colour, then three animals, then a country, please.", "Hi")
+    ]
+    widths: list[int] = []  # positions per forward pass of the model
+    embed = client._load().model.get_input_embeddings()
+    handle = embed.register_forward_pre_hook(lambda _module, args: widths.append(args[0].shape[1]))
+
+    def replies() -> list[tuple[str | None, list[float], list[list[str]]]]:
+        async def go() -> list:
+            return await asyncio.gather(*[client.chat(m, max_tokens=8, top_logprobs=3) for m in messages])
+
+        got = asyncio.run(go())
+        assert all(r.text and r.token_logprobs for r in got)
+        return [(r.text, [t.logprob for t in r.token_logprobs], [list(t.top) for t in r.token_logprobs or []])
+                for r in got]
+
+    kept = client.prefix_cache, client.prefill_chunk
+    try:
+        for prefix_cache in (kept[0], None):
+            client.prefix_cache, client.prefill_chunk = prefix_cache, 0
+            whole = replies()
+            client.prefill_chunk = 8
+            widths.clear()
+            chunked = replies()
+            if prefix_cache is None:  # (the prefix cache reads its shared head in one pass of one row)
+                assert max(widths) <= 8 and len(widths) > 10
+            for (text_a, logprobs_a, top_a), (text_b, logprobs_b, top_b) in zip(whole, chunked, strict=True):
+                assert text_a == text_b and top_a == top_b
+                assert logprobs_a == pytest.approx(logprobs_b, abs=1e-4)
+    finally:
+        handle.remove()
+        client.prefix_cache, client.prefill_chunk = kept

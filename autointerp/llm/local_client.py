@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +66,56 @@ class _Generated:
     error: str | None = None           # set when generation raised: the item is a SERVER_ERROR
 
 
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere nothing).
+
+    Why: glibc keeps what a batch freed (activations, the KV cache that grew by concatenation) for reuse,
+    and a later batch of another shape reuses little of it: after one qwen1.5b explain batch the heap held
+    410 MB free against 252 MB in use, and in simulation the free part grew batch by batch (196 -> 326 MB).
+    Called once per batch; giving the pages back and faulting them in again costs milliseconds against
+    batches of seconds.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    """glibc, or None where the C library is another (macOS, musl) and has no `malloc_trim`."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
+
+
+@contextmanager
+def _grouped_query_sdpa() -> Iterator[None]:
+    """Within: transformers hands grouped-query attention to SDPA as is, with the padding mask.
+
+    Why: with a padding mask, transformers copies each KV head once per query head it serves before SDPA
+    (qwen1.5b: 6 copies, 56 MB per layer for 8 rows of 1,150 tokens, at the peak of a chunked prefill) unless
+    TRANSFORMERS_SDPA_FORCE_GQA is set; torch's CPU kernel then groups the heads itself, bit for bit the same
+    for queries of several positions (measured), with no copy and no slower. Only around such forward passes:
+    for one-position queries (decoding) transformers has a faster layout of its own (7 vs 30 ms per layer).
+    Versions of transformers that do not know the variable ignore it.
+    """
+    name = "TRANSFORMERS_SDPA_FORCE_GQA"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _describe(exc: BaseException) -> str:
     return f"embedded backend failed: {type(exc).__name__}: {exc}"[:2000]
 
@@ -93,6 +146,9 @@ class _LogprobsItem:
     positions: list[int]
     top_n: int
 
+
+#: Asked positions whose vocabulary-wide logprobs are computed at once (float32 [64, 151,936]: 39 MB for Qwen).
+LOGPROB_POSITIONS = 64
 
 #: One prompt's answer: the top-N {token id: logprob} per asked position, and the prompt token's logprob there.
 _Logprobs = tuple[list[dict[int, float]], list[float]]
@@ -261,6 +317,7 @@ class LocalClient:
         json_prefill: bool = True,
         max_batch_tokens: int = 4096,
         prefix_entries: int = 4,
+        prefill_chunk: int = 256,
     ) -> None:
         self.spec = spec
         self.model_name = f"local:{spec}"
@@ -271,6 +328,8 @@ class LocalClient:
         # features in 8.6 s per feature instead of 11.1 s (less padding, more prefix reuse), peak RSS 2.7 GB
         # instead of 2.9 GB; 2,048 gained nothing more (8.5 s, 2.6 GB).
         self.max_batch_tokens = max_batch_tokens
+        # Prompt positions per forward pass when a batch's prompts are read before generating (0: all at once).
+        self.prefill_chunk = prefill_chunk
         self.concurrency = max_batch_size  # one micro-batch in flight keeps the model busy
         self._lm: Any = None
         self._load_lock = threading.Lock()
@@ -361,6 +420,7 @@ class LocalClient:
                               lambda exc: _Generated("", "error", 0, 0, error=_describe(exc)))
             for index, result in zip(indices, group, strict=True):
                 results[index] = result
+        release_free_memory()
         return [r for r in results if r is not None]
 
     def _generate_group(self, items: list[_ChatItem]) -> list[_Generated]:
@@ -371,6 +431,7 @@ class LocalClient:
         tokenizer, model = lm.tokenizer, lm.model
         prompts = [tokenizer(item.prompt + item.prefill, add_special_tokens=False)["input_ids"] for item in items]
         encoded, past = self._layout_prompts(prompts, tokenizer.pad_token_id or 0)
+        past = self._prefill(lm, encoded, past)
         prompt_length = encoded["input_ids"].shape[1]
         stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         configured_eos = model.generation_config.eos_token_id
@@ -462,6 +523,34 @@ class LocalClient:
             self.prefix_cache.stats.computed_tokens += sum(len(t) for t in tails)
         return {"input_ids": input_ids, "attention_mask": attention_mask}, past
 
+    def _prefill(self, lm: Any, encoded: dict[str, Any], past: Any) -> Any:
+        """The KV cache after all but the last prompt position, read `prefill_chunk` positions at a time.
+
+        Why: `generate` reads a batch's whole prompts in one forward pass, and on a CPU its transient
+        activations are what sets the process's peak memory (8 explain prompts of ~1,100 tokens: the MLP's
+        [8 x T, intermediate] products, ~0.5 GB for qwen1.5b). In chunks, only a chunk's activations exist at a
+        time; the KV cache holds the same entries. `generate` then reads the last position from the cache
+        and continues as before: every token attends to the same keys at the same positions (positions as
+        `generate` derives them from the attention mask), so greedy replies are the same (float32: equal to
+        ~1e-6; bf16 rounds slightly differently per matmul shape, as with any change of batch).
+        """
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        start, end = (0 if past is None else past.get_seq_length()), ids.shape[1] - 1
+        if not self.prefill_chunk or end - start <= self.prefill_chunk:
+            return past
+        cache = past if past is not None else DynamicCache(config=lm.model.config)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        backbone = getattr(lm.model, lm.model.base_model_prefix, lm.model)
+        with torch.inference_mode(), _grouped_query_sdpa():
+            for first in range(start, end, self.prefill_chunk):
+                last = min(first + self.prefill_chunk, end)
+                backbone(input_ids=ids[:, first:last].to(lm.device), attention_mask=mask[:, :last].to(lm.device),
+                         position_ids=positions[:, first:last].to(lm.device), past_key_values=cache, use_cache=True)
+        return cache
+
     def _prefix_kv(self, ids: list[int], past: Any) -> Any:
         """The KV cache after running `ids` (continuing `past`), batch size 1: a prefix cache entry."""
         import torch
@@ -506,6 +595,7 @@ class LocalClient:
             chunk.append(item)
         if chunk:
             out += _isolated(self._logprobs_chunk, chunk, _describe)
+        release_free_memory()
         return out
 
     def _logprobs_chunk(self, items: list[_LogprobsItem]) -> list[_Logprobs]:
@@ -538,7 +628,7 @@ class LocalClient:
         head = model.get_output_embeddings()
         # Models that rescale logits after the head (Gemma 2's softcapping, Cohere's logit_scale) take the full path.
         rescaled = any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
-        with torch.inference_mode():
+        with torch.inference_mode(), _grouped_query_sdpa():
             if backbone is not None and head is not None and not rescaled:
                 # Only the asked positions go through the (vocabulary-wide) LM head: saves memory and time.
                 hidden = backbone(**inputs, use_cache=past is not None).last_hidden_state
@@ -546,21 +636,26 @@ class LocalClient:
             else:
                 logits = model(**inputs, use_cache=past is not None).logits
             results = []
-            # One row's [positions, vocab] logits at a time: all rows' at once (float32 for the softmax) were
-            # ~2.5 GB for a batch of Qwen simulation prompts (151,936-token vocabulary).
             for row, item in enumerate(items):
-                index = [p - 1 - shared for p in item.positions]
-                row_logits = head(hidden[row, index]) if logits is None else logits[row, index]
-                logprobs = torch.log_softmax(row_logits.float(), dim=-1)
-                # the prompt's own token at each asked position (teacher forcing: the token that follows)
-                own = torch.tensor([item.token_ids[p] for p in item.positions], dtype=torch.long, device=logprobs.device)
-                actual = logprobs.gather(-1, own.unsqueeze(-1)).squeeze(-1).tolist()
-                if item.top_n > 0:
-                    values, indices = logprobs.topk(min(item.top_n, logprobs.shape[-1]), dim=-1)
-                    top = [dict(zip(idx.tolist(), val.tolist(), strict=True))
-                           for val, idx in zip(values, indices, strict=True)]
-                else:  # top_n 0: the prompt's tokens only, no vocabulary-wide sort
-                    top = [{} for _ in item.positions]
+                top: list[dict[int, float]] = []
+                actual: list[float] = []
+                # LOGPROB_POSITIONS positions at a time: the [positions, vocab] logits in float32 for the softmax
+                # are the largest tensors here (all rows' at once were ~2.5 GB for a batch of Qwen simulation
+                # prompts, one row's ~0.4 GB for ~260 positions: qwen0.5b's peak RSS in simulation).
+                for first in range(0, len(item.positions), LOGPROB_POSITIONS):
+                    positions = item.positions[first : first + LOGPROB_POSITIONS]
+                    index = [p - 1 - shared for p in positions]
+                    part = head(hidden[row, index]) if logits is None else logits[row, index]
+                    logprobs = torch.log_softmax(part.float(), dim=-1)
+                    # the prompt's own token at each asked position (teacher forcing: the token that follows)
+                    own = torch.tensor([item.token_ids[p] for p in positions], dtype=torch.long, device=logprobs.device)
+                    actual += logprobs.gather(-1, own.unsqueeze(-1)).squeeze(-1).tolist()
+                    if item.top_n > 0:
+                        values, indices = logprobs.topk(min(item.top_n, logprobs.shape[-1]), dim=-1)
+                        top += [dict(zip(idx.tolist(), val.tolist(), strict=True))
+                                for val, idx in zip(values, indices, strict=True)]
+                    else:  # top_n 0: the prompt's tokens only, no vocabulary-wide sort
+                        top += [{} for _ in positions]
+                    del part, logprobs
                 results.append((top, actual))
-                del row_logits, logprobs
         return results
