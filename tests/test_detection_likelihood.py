@@ -35,17 +35,17 @@ NAMED, OTHER = -0.5, -3.0
 
 
 def label_of(text: str) -> str | None:
-    """The description a prompt's header states, None for the neutral header."""
+    """The description a prompt's header states, None for the neutral header (an empty description)."""
     found = re.search(r'described as "(.*?)"', text)
-    return None if found is None else found.group(1)
+    return None if found is None else found.group(1) or None
 
 
 def reading_logprob(tokenizer: WordTokenizer, token_ids: list[int], position: int) -> float:
     """A judge that reads the header: after a description it expects the tokens the description names (the
     test rules: "cats" names " cat", "numbers" names digits); without one, nothing in particular."""
-    head = tokenizer.decode(token_ids[:position]).split("\n\nText:")[0]
-    label = label_of(head)
-    if label is None:
+    before = tokenizer.decode(token_ids[:position])
+    label = label_of(before.split("\n\nText:")[0])
+    if label is None or "\n\nText:" not in before:  # the neutral header, or a position inside the header
         return OTHER
     return NAMED if rule_for(label)(tokenizer.decode([token_ids[position]])) else OTHER
 
@@ -179,6 +179,9 @@ def test_a_judge_that_follows_the_label_detects_and_a_shuffled_label_does_worse(
     items = details["items"]
     assert {i["variant"] for i in items} == {"activating", "nonactivating"}
     assert all(i["gain"] > 0 for i in items if i["label"]) and all(i["gain"] == 0 for i in items if not i["label"])
+    # a context's gain is its largest token gain (a named token: NAMED - OTHER); the mean over its tokens is kept
+    assert all(i["gain"] == NAMED - OTHER and 0 < i["gain_mean"] < i["gain"] for i in items if i["label"])
+    assert details["gain"] == "largest token gain" and details["mean_gain"] == {"balanced_accuracy": 1.0, "auc": 1.0}
     assert sum(i["predicted"] for i in items) == details["n_positive"] == details["n_negative"] == 6
 
 
@@ -204,6 +207,7 @@ def test_both_prompts_end_with_the_same_context_and_the_neutral_one_is_asked_onc
         assert top_n == 0 and positions == list(range(positions[0], len(ids)))
         head = tokenizer.decode(ids[: positions[0]])
         assert head.startswith("Texts in which a feature of a language model fires") and head.endswith("\n\nText:")
+        assert 'The feature is described as "' in head  # the neutral header too, with an empty description
         endings.setdefault(label_of(head), []).append(tuple(ids[positions[0]:]))
     assert set(endings) == {"cats", None} and len(endings["cats"]) == 12
     assert sorted(endings["cats"]) == sorted(endings[None])  # the same context ids after either header

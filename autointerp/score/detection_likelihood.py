@@ -3,30 +3,37 @@
 Why: the chat detection scorer (`detection.py`) needs a judge that can say whether a description fits a
 text, and the models that ship through pip cannot: with SmolLM2-135M its answers and its P(yes) are at
 chance under right and shuffled labels alike (docs/validity.md). What a small LM does well is predict text,
-and a description that fits a text makes the text's tokens easier to predict (most directly where the
-text contains what the description names). So each test context is scored by how much the label, stated
-before it, helps the judge predict it; the contexts the label helps most are called activating.
+and a description that fits a text makes some of the text's tokens easier to predict (those it names, or
+words of its topic). So each test context is scored by how much the label, stated before it, helps the
+judge predict it; the contexts the label helps most are called activating.
 
 Test contexts are the ones `detection` sees (the base machinery's draw: activating ones from the top and
 every quantile, and random or hard negatives per `--negatives`). For each context two prompts are built as
 token ids with the judge's tokenizer, plain text without a chat template:
 
-    label prompt     header stating the label (prompts/detection_likelihood_v1.j2 with the explanation),
-                     a blank line, "Text:", the context
-    neutral prompt   the same template without the label, a blank line, "Text:", the context
+    label prompt     prompts/detection_likelihood_v1.j2 with the label ('Texts in which a feature of a
+                     language model fires. The feature is described as "<label>".'), a blank line,
+                     "Text:", the context
+    neutral prompt   the same with an empty description (`described as ""`), a blank line, "Text:", the
+                     context
 
 The context is `one_line(text)` (what detection shows), tokenised once with a leading space, so its ids are
-identical in both prompts. Its gain is the mean over all its tokens of the teacher-forced logprob of the
-token in the label prompt minus that in the neutral prompt (docs/validity.md gives the figures behind
-scoring all tokens). The neutral prompt does not depend on the label: its logprobs are kept per client
-(bounded, least recently used out), so the shuffled-label null pass and contexts shared between features
-ask it once.
+identical in both prompts. The neutral header keeps the label header's words and drops only the label:
+stating *some* description moves every token's logprob (by about as much for a wrong label as for the right
+one), and a neutral header of the same form cancels that part. A token's gain is its teacher-forced logprob
+in the label prompt minus that in the neutral prompt; the context's gain is its largest token gain (the
+token the label helps most: a feature fires on some tokens, not on the whole text), the mean over its
+tokens is kept beside it (`gain_mean`, and `mean_gain` metrics in details). docs/validity.md gives the
+figures behind both choices (the mean over all tokens and the header without the description sentence did
+not separate right from shuffled labels there). The neutral prompt does not depend on the label: its
+logprobs are kept per client (bounded, least recently used out), so the shuffled-label null pass and
+contexts shared between features ask it once.
 
 Score: the n contexts with the highest gains (n = the activating contexts shown) are predicted activating,
 and the score is the balanced accuracy of that prediction (chance 0.5). Tied gains share the credit: a tie
 group straddling the cut contributes its expected counts under a uniformly random order, so a judge whose
 gains are all equal scores exactly 0.5. details.auc is the ROC AUC of the gains (activating positive, ties
-1/2); details.items has each context's gain.
+1/2); details.items has each context's gains.
 
 Nothing is sampled (temperature plays no part). Requests: 2 prompt-logprob requests per context (top_n 0),
 fewer where the neutral one is cached. Any failed request makes the feature's score that failure (status and
@@ -156,8 +163,9 @@ class DetectionLikelihoodScorer(Scorer):
                 tokenizer, [int(t) for t in tokenizer.encode("\n\nText:", add_special_tokens=False)])
         return self._parts
 
-    def header_ids(self, tokenizer: Any, explanation: str | None) -> list[int]:
-        """The header with the label (or without: `None`), as ids, special tokens the tokenizer adds included."""
+    def header_ids(self, tokenizer: Any, explanation: str) -> list[int]:
+        """The header stating `explanation` ("" for the neutral header), as ids, special tokens the tokenizer
+        adds included."""
         text = load_prompt(self.prompt_name or "").render(explanation=explanation).strip()
         return [int(t) for t in tokenizer.encode(text, add_special_tokens=True)]
 
@@ -182,7 +190,7 @@ class DetectionLikelihoodScorer(Scorer):
             return ScoreOutcome(Status.UNDEFINED.value, chance=0.5, error="balanced accuracy undefined: the test set "
                                 "lacks one of the two classes", details={"n_contexts": len(contexts)})
         label_head = self.header_ids(tokenizer, item.explanation) + text_label
-        neutral_head = self.header_ids(tokenizer, None) + text_label
+        neutral_head = self.header_ids(tokenizer, "") + text_label
         cache = neutral_cache(self.client)
 
         # Every label prompt, and each neutral prompt not cached yet, asked once; each prompt ends with its
@@ -225,19 +233,28 @@ class DetectionLikelihoodScorer(Scorer):
             if key not in neutral:
                 neutral[key] = values[key]
                 cache.put(key, values[key])
-        gains = [float(np.mean(np.subtract(values[tuple(label_head) + c.ids], neutral[tuple(neutral_head) + c.ids])))
-                 for c in contexts]
-        return self._finish(contexts, gains, base, usage, n_empty)
+        token_gains = [np.subtract(values[tuple(label_head) + c.ids], neutral[tuple(neutral_head) + c.ids])
+                       for c in contexts]
+        return self._finish(contexts, token_gains, base, usage, n_empty)
 
     def _finish(
-        self, contexts: list[Context], gains: list[float], base: dict[str, Any], usage: dict[str, Any], n_empty: int
+        self,
+        contexts: list[Context],
+        token_gains: list[np.ndarray],
+        base: dict[str, Any],
+        usage: dict[str, Any],
+        n_empty: int,
     ) -> ScoreOutcome:
-        """Balanced accuracy of the top-n prediction, AUC and per-context details from the gains."""
+        """Balanced accuracy of the top-n prediction, AUC and per-context details from each context's token
+        gains (see the module docstring)."""
         labels = [c.context.activating for c in contexts]
         n_pos, n_neg = sum(labels), len(labels) - sum(labels)
+        gains = [float(g.max()) for g in token_gains]
+        means = [float(g.mean()) for g in token_gains]
         tp, fp, tn, fn = expected_confusion(gains, labels)
         balanced = (tp / n_pos + tn / n_neg) / 2
         shares = predicted_share(gains, n_pos)
+        _, _, mean_tn, mean_fn = expected_confusion(means, labels)
         details = {
             **base,
             "balanced_accuracy": balanced,
@@ -248,10 +265,13 @@ class DetectionLikelihoodScorer(Scorer):
             "auc": auc(gains, labels),
             "auc_method": "likelihood",
             "negatives": self.config.negatives,
-            "scored": "all tokens",
+            "gain": "largest token gain",
+            # the same requests with each context's gain the mean over its tokens: the alternative not chosen
+            "mean_gain": {"balanced_accuracy": ((n_pos - mean_fn) / n_pos + mean_tn / n_neg) / 2,
+                          "auc": auc(means, labels)},
             "items": [{"context_id": c.context.context_id, "variant": "activating" if y else c.context.kind,
-                       "group": c.context.group, "label": int(y), "gain": round(g, 5), "n_tokens": len(c.ids),
-                       "predicted": round(s, 4)}
-                      for c, y, g, s in zip(contexts, labels, gains, shares, strict=True)],
+                       "group": c.context.group, "label": int(y), "gain": round(g, 5), "gain_mean": round(m, 5),
+                       "top_token": int(np.argmax(t)), "n_tokens": len(c.ids), "predicted": round(s, 4)}
+                      for c, y, g, m, t, s in zip(contexts, labels, gains, means, token_gains, shares, strict=True)],
         }
         return ScoreOutcome(Status.OK.value, score=balanced, chance=0.5, details=details, **usage)
