@@ -755,19 +755,21 @@ class Store:
             WHERE run_id = $run AND explainer_model = $m AND prompt_hash = $p AND config_hash = $c
               AND feature_id >= $lo AND feature_id < $hi
         ), latest AS (
-            SELECT s.feature_id, s.scorer, s.score, s.status, s.chance
+            -- by the name shown ('<scorer>:hard' against hard negatives), so a score against hard negatives
+            -- fills its own columns instead of replacing the random-negative one
+            SELECT s.feature_id, {_SCORER_SHOWN} AS scorer, s.score, s.status, s.chance
             FROM scores s JOIN lab ON lab.explanation_id = s.explanation_id
-            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN}
                                        ORDER BY s.created_at DESC, s.score_id) = 1
         ), sc AS (
             SELECT feature_id{sc_select} FROM latest GROUP BY feature_id
         ), null_latest AS (
             -- the feature's score with a shuffled label (its set's null set), NULL where not sampled
-            SELECT s.feature_id, s.scorer, s.score, s.status
+            SELECT s.feature_id, {_SCORER_SHOWN} AS scorer, s.score, s.status
             FROM scores s JOIN explanations ne ON ne.explanation_id = s.explanation_id
             WHERE ne.run_id = $run AND ne.explainer_model = $nm AND ne.prompt_hash = $np AND ne.config_hash = $nc
               AND ne.feature_id >= $lo AND ne.feature_id < $hi
-            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, s.scorer
+            QUALIFY row_number() OVER (PARTITION BY s.explanation_id, {_SCORER_SHOWN}
                                        ORDER BY s.created_at DESC, s.score_id) = 1
         ), nl AS (
             SELECT feature_id{nl_select} FROM null_latest GROUP BY feature_id
