@@ -366,7 +366,18 @@ def test_report_and_compare_read_it_like_detection(planted, tmp_path):
     assert hard_rows["status"].tolist() == ["ok", "undefined"]
     base = baseline_for(data.scores, data.null_scores, "detection_likelihood", data.label_free_scorers)
     assert base.n_pairs == 2 and base.real_mean == 1.0 and base.null_mean < 1.0
+    from autointerp.report.export import export_catalog
+
+    export_catalog(store, None, tmp_path / "catalog.parquet", "parquet")
     store.close()
+    import duckdb
+
+    catalog = duckdb.sql(f"SELECT * FROM '{tmp_path / 'catalog.parquet'}' ORDER BY feature_id").df()
+    assert catalog["detection_likelihood_score"].tolist() == [1.0, 1.0]
+    assert catalog["detection_likelihood_null"].notna().all()  # its shuffled-label score beside it
+    # against hard negatives in columns of their own (they used to overwrite the random-negative ones)
+    assert catalog["detection_likelihood_hard_status"].tolist() == ["ok", "undefined"]
+    assert catalog["detection_likelihood_hard_score"].iloc[0] == 1.0
     options = CompareOptions(n_boot=200, n_perm=200, match=False)
     result = build_compare([str(tmp_path / "planted.duckdb")], None, tmp_path / "c.html", options)
     assert {"detection_likelihood", "detection_likelihood:hard"} <= set(result.summary["scorer"])
