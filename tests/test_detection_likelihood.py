@@ -386,6 +386,8 @@ def test_report_and_compare_read_it_like_detection(planted, tmp_path):
     assert row["scorer"] == "detection_likelihood" and row["n"] == 1 and row["random_mean"] == 1.0
     assert row["random_ci_low"] <= row["random_mean"] <= row["random_ci_high"]
     assert row["hard_ci_low"] <= row["hard_mean"] <= row["hard_ci_high"]
+    # one workspace, one SAE: no A - B pairs, and the page still shows the random-vs-hard table (it hid it)
+    assert "Random vs hard negatives" in result.html_path.read_text()
     markdown = result.markdown_path.read_text()
     assert "| detection\\_likelihood | planted | 1 | 1 [1, 1] | 1 [1, 1] | 0 [0, 0] |" in markdown
 
