@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "score",
-        help="score explanations: simulation, detection, fuzzing, embedding; intruder, intruder_likelihood "
-        "(no label) (resumable)",
+        help="score explanations: simulation, detection, detection_likelihood, fuzzing, embedding; intruder, "
+        "intruder_likelihood (no label) (resumable)",
         description="Score each ok explanation on test-split contexts (documents the explainer never saw). "
         "Rerunning skips scores already stored for the same explanation, scorer, model, prompt and settings; "
         "--retry-failed redoes failed ones. Refuses to run if a test context shares a document with an "

@@ -241,10 +241,16 @@ def negatives_effect(arms: list[Arm], options: CompareOptions) -> pd.DataFrame:
                 continue
             d = stats.paired_difference(both["score_r"].to_numpy(), both["score_h"].to_numpy(), options.n_boot,
                                         options.n_perm, options.seed)
+            # each mean's own CI too: "lower against hard negatives" should be readable with its uncertainty
+            r, h = (stats.bootstrap_ci(both[c].to_numpy(float), n_boot=options.n_boot, seed=options.seed)
+                    for c in ("score_r", "score_h"))
             rows.append({"scorer": base, "sae": a.label, "n": d.n_a, "random_mean": float(both["score_r"].mean()),
-                         "hard_mean": float(both["score_h"].mean()), "diff": d.diff, "ci_low": d.low,
-                         "ci_high": d.high, "p_value": d.p_value, "harder": bool(d.low > 0)})
-    return pd.DataFrame(rows, columns=["scorer", "sae", "n", "random_mean", "hard_mean", "diff", "ci_low", "ci_high",
+                         "random_ci_low": r.low, "random_ci_high": r.high,
+                         "hard_mean": float(both["score_h"].mean()), "hard_ci_low": h.low, "hard_ci_high": h.high,
+                         "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p_value": d.p_value,
+                         "harder": bool(d.low > 0)})
+    return pd.DataFrame(rows, columns=["scorer", "sae", "n", "random_mean", "random_ci_low", "random_ci_high",
+                                       "hard_mean", "hard_ci_low", "hard_ci_high", "diff", "ci_low", "ci_high",
                                        "p_value", "harder"])
 
 

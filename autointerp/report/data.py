@@ -20,11 +20,12 @@ from autointerp.store.sets import is_null_model, null_set_key
 
 # Default "good feature" thresholds per scorer, used for "fraction above threshold". Simulation is a
 # Pearson correlation (0.5 is a common "well explained" cut); detection/fuzzing are balanced accuracies
-# with chance 0.5, so 0.75 is halfway to perfect; embedding is an AUC (chance 0.5), same reasoning.
-# The intruder scorers' accuracy (chat answer or likelihood judge) has chance 1/(n+1) (0.2 by default): 0.6 is
-# halfway to perfect.
-DEFAULT_THRESHOLDS: dict[str, float] = {"simulation": 0.5, "detection": 0.75, "fuzzing": 0.75, "embedding": 0.75,
-                                        "intruder": 0.6, "intruder_likelihood": 0.6}
+# with chance 0.5 (chat answers or the likelihood judge's top-n), so 0.75 is halfway to perfect; embedding is an
+# AUC (chance 0.5), same reasoning. The intruder scorers' accuracy (chat answer or likelihood judge) has chance
+# 1/(n+1) (0.2 by default): 0.6 is halfway to perfect.
+DEFAULT_THRESHOLDS: dict[str, float] = {"simulation": 0.5, "detection": 0.75, "detection_likelihood": 0.75,
+                                        "fuzzing": 0.75, "embedding": 0.75, "intruder": 0.6,
+                                        "intruder_likelihood": 0.6}
 FALLBACK_THRESHOLD = 0.5
 DEFAULT_DENSE_THRESHOLD = 0.1  # a feature firing on more than 10 % of tokens is "dense" (SAEBench's cut)
 

@@ -136,6 +136,7 @@ _REGISTRY: dict[str, type[Scorer]] = {}
 BUILTIN_SCORERS: dict[str, str] = {
     "simulation": "autointerp.score.simulation",
     "detection": "autointerp.score.detection",
+    "detection_likelihood": "autointerp.score.detection_likelihood",
     "fuzzing": "autointerp.score.fuzzing",
     "embedding": "autointerp.score.embedding",
     "intruder": "autointerp.score.intruder",

@@ -320,18 +320,23 @@ class ValidityRow:
     separates: bool              # CI of the paired difference above 0
 
 
+#: Scorers whose per-feature AUC is printed as a row of its own, with the `auc_method` it must have been read by.
+AUC_SCORERS = {"detection": "logprobs", "fuzzing": "logprobs", "detection_likelihood": "likelihood"}
+
+
 def _ok_scores(frame: pd.DataFrame, scorer: str) -> pd.DataFrame:
     return frame[(frame["scorer"] == scorer) & (frame["status"] == "ok")][["feature_id", "score"]]
 
 
 def _with_auc_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` plus, per detection/fuzzing score whose details hold a logprob AUC, a row `<scorer>:auc`."""
+    """`frame` plus, per detection/fuzzing score whose details hold a logprob AUC (and per detection_likelihood
+    score: the AUC of its gains), a row `<scorer>:auc`."""
     extra = []
     for row in frame.to_dict("records"):
-        if row["scorer"] not in ("detection", "fuzzing") or not isinstance(row.get("details"), str):
+        if row["scorer"] not in AUC_SCORERS or not isinstance(row.get("details"), str):
             continue
         details = json.loads(row["details"])
-        if details.get("auc_method") != "logprobs":
+        if details.get("auc_method") != AUC_SCORERS[row["scorer"]]:
             continue
         value = details.get("auc")
         extra.append({**row, "scorer": f"{row['scorer']}:auc", "score": value,
@@ -348,7 +353,8 @@ def validity_table(store: Store, run_id: str, scorers: Sequence[str], seed: int 
     key = (RIGHT, "planted", "planted")
     real, null = store.set_scores(run_id, *key), store.set_scores(run_id, *null_set_key(key))
     n_features = len(store.set_explanations(run_id, *key))
-    # detection/fuzzing: also their per-feature AUC of P(yes) from logprobs, read as a score of its own
+    # detection/fuzzing: also their per-feature AUC of P(yes) from logprobs (detection_likelihood: of its
+    # gains), read as a score of its own
     real, null = _with_auc_rows(real), _with_auc_rows(null)
     present = set(real["scorer"]) | set(null["scorer"])
     scorers = [name for s in scorers for name in (s, f"{s}:auc") if name == s or name in present]
