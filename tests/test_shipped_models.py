@@ -114,3 +114,15 @@ def test_a_gguf_tokenizer_is_cached_on_its_own_and_loads_back_the_same(tmp_path,
     assert second.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
         first.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert cached_s < from_gguf_s / 3, (cached_s, from_gguf_s)
+
+
+def test_the_embedded_backend_batches_as_many_prompts_as_the_model_asks() -> None:
+    """qwen1.5b reads 4 prompts per forward pass (memory: its peak RSS stays near 4 GB), others 8; an explicit
+    max_batch_size wins. Nothing is loaded to know it."""
+    from autointerp.llm.local_client import LocalClient
+
+    assert PARTS_MODELS["qwen1.5b"].llm_batch_size == 4
+    assert LocalClient("qwen1.5b").concurrency == 4
+    assert LocalClient("smollm2").concurrency == 8
+    assert LocalClient("qwen1.5b", max_batch_size=2).concurrency == 2
+    assert LocalClient("qwen1.5b")._lm is None

@@ -312,7 +312,7 @@ class LocalClient:
         *,
         device: str = "cpu",
         dtype: str = "auto",
-        max_batch_size: int = 8,
+        max_batch_size: int | None = None,
         batch_wait_s: float = 0.005,
         json_prefill: bool = True,
         max_batch_tokens: int = 4096,
@@ -330,6 +330,10 @@ class LocalClient:
         self.max_batch_tokens = max_batch_tokens
         # Prompt positions per forward pass when a batch's prompts are read before generating (0: all at once).
         self.prefill_chunk = prefill_chunk
+        if max_batch_size is None:  # the model's own default (None: what `--llm local:SPEC` passes)
+            from autointerp.models import llm_batch_size
+
+            max_batch_size = llm_batch_size(spec)
         self.concurrency = max_batch_size  # one micro-batch in flight keeps the model busy
         self._lm: Any = None
         self._load_lock = threading.Lock()

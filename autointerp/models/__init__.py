@@ -197,6 +197,12 @@ def native_bf16_cpu() -> bool:
     return False
 
 
+def llm_batch_size(spec: str) -> int:
+    """Prompts per forward pass of the embedded backend for a spec: the shipped model's own setting
+    (`PartsModel.llm_batch_size`: 4 for qwen1.5b, for memory), else 8."""
+    return PARTS_MODELS[spec].llm_batch_size if spec in PARTS_MODELS else 8
+
+
 def llm_dtype(spec: str, device: str = "cpu") -> str:
     """The dtype an embedded LLM (`--llm local:SPEC`) runs in unless told otherwise.
 
