@@ -42,7 +42,6 @@ error), never a number; a backend without prompt logprobs or a tokenizer gives `
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,10 +49,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autointerp.llm.base import LogprobsResult, Status
+from autointerp.llm.base import Status
 from autointerp.prompting import load_prompt
 from autointerp.score.base import FeatureToScore, ScoreOutcome, Scorer, TestContext, register_scorer
 from autointerp.score.classify import one_line
+from autointerp.score.likelihood import own_token_logprobs
 from autointerp.score.metrics import auc
 
 NO_LOGPROBS_FIX = (
@@ -206,28 +206,11 @@ class DetectionLikelihoodScorer(Scorer):
             else:
                 requests[key] = len(c.ids)
         asked = [(list(ids), list(range(len(ids) - n, len(ids)))) for ids, n in requests.items()]
-        results: list[LogprobsResult] = await asyncio.gather(
-            *[self.client.prompt_logprobs(ids, pos, top_n=0) for ids, pos in asked]
-        )
-        usage = {
-            "prompt_tokens": sum(r.prompt_tokens or len(ids) for r, (ids, _) in zip(results, asked, strict=True)),
-            "latency_s": sum(r.latency_s for r in results),
-        }
         base = {"method": "likelihood", "n_requests": len(asked), "n_neutral_cached": len(neutral)}
-        failed = [r for r in results if not r.ok]
-        if failed:
-            fix = f"; {NO_LOGPROBS_FIX}" if failed[0].status is Status.NO_LOGPROBS else ""
-            return ScoreOutcome(failed[0].status, error=f"{len(failed)}/{len(results)} prompt-logprob requests "
-                                f"failed: {failed[0].error}{fix}", details=base, **usage)
-        for result, (_, pos) in zip(results, asked, strict=True):
-            if len(result.actual) != len(pos):
-                return ScoreOutcome(Status.SERVER_ERROR, error=f"asked the prompt's own logprobs at {len(pos)} "
-                                    f"positions, got {len(result.actual)}", details=base, **usage)
-            if any(a is None for a in result.actual):
-                return ScoreOutcome(Status.NO_LOGPROBS, error="the server sent prompt logprobs without the prompt's "
-                                    f"own tokens (vLLM sends them); {NO_LOGPROBS_FIX}", details=base, **usage)
-        values = {tuple(ids): tuple(float(a) for a in r.actual if a is not None)
-                  for (ids, _), r in zip(asked, results, strict=True)}
+        got, usage = await own_token_logprobs(self.client, asked, base, NO_LOGPROBS_FIX)
+        if isinstance(got, ScoreOutcome):
+            return got
+        values = {tuple(ids): tuple(v) for (ids, _), v in zip(asked, got, strict=True)}
         for c in contexts:
             key = tuple(neutral_head) + c.ids
             if key not in neutral:

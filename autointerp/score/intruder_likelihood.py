@@ -37,16 +37,16 @@ reads no explanation and is stored once per feature.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from autointerp.llm.base import LogprobsResult, Status
+from autointerp.llm.base import Status
 from autointerp.prompting import load_prompt
 from autointerp.score.base import FeatureToScore, ScoreOutcome, register_scorer
 from autointerp.score.intruder import SEED_OFFSET, IntruderScorer, Marked, credit
+from autointerp.score.likelihood import own_token_logprobs
 from autointerp.score.metrics import auc
 
 #: What a segment of a shown text is: plain text, a mark (`<<` / `>>`) or text inside the marks.
@@ -192,27 +192,10 @@ class IntruderLikelihoodScorer(IntruderScorer):
                 last = labels[m] + list(own.ids)
                 per_text.append((ask(ids + last, own), ask(list(header) + last, own)))
             asked.append(per_text)
-        results: list[LogprobsResult] = await asyncio.gather(
-            *[self.client.prompt_logprobs(ids, positions, top_n=0) for ids, positions in requests]
-        )
-        usage = {
-            "prompt_tokens": sum(r.prompt_tokens or len(ids) for r, (ids, _) in zip(results, requests, strict=True)),
-            "latency_s": sum(r.latency_s for r in results),
-        }
         base = {"method": "likelihood", "n_requests": len(requests)}
-        failed = [r for r in results if not r.ok]
-        if failed:
-            fix = f"; {NO_LOGPROBS_FIX}" if failed[0].status is Status.NO_LOGPROBS else ""
-            return ScoreOutcome(failed[0].status, error=f"{len(failed)}/{len(results)} prompt-logprob requests "
-                                f"failed: {failed[0].error}{fix}", details=base, **usage)
-        for result, (_, positions) in zip(results, requests, strict=True):
-            if len(result.actual) != len(positions):
-                return ScoreOutcome(Status.SERVER_ERROR, error=f"asked the prompt's own logprobs at {len(positions)} "
-                                    f"positions, got {len(result.actual)}", details=base, **usage)
-            if any(a is None for a in result.actual):
-                return ScoreOutcome(Status.NO_LOGPROBS, error="the server sent prompt logprobs without the prompt's "
-                                    f"own tokens (vLLM sends them); {NO_LOGPROBS_FIX}", details=base, **usage)
-        values = [[float(a) for a in r.actual if a is not None] for r in results]
+        values, usage = await own_token_logprobs(self.client, requests, base, NO_LOGPROBS_FIX)
+        if isinstance(values, ScoreOutcome):
+            return values
         return self._finish(rounds, asked, values, tokenised, base, usage)
 
     def _finish(
