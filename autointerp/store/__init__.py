@@ -740,25 +740,20 @@ class Store:
         params: dict[str, Any] = {"run": run_id, "m": model, "p": prompt_hash, "c": config_hash, "k": n_contexts,
                                   "nm": null_model, "np": null_prompt, "nc": null_config,
                                   "lo": int(features[0]), "hi": int(features[1]), "lfp": LABEL_FREE_PREFIX}
+        def pivot(param: str, scorer: str, status: str) -> tuple[str, str]:
+            """(column prefix, its score/status/chance columns) of one scorer bound as $param."""
+            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
+            params[param] = scorer
+            return col, (f'max(score) FILTER (WHERE scorer = ${param}) AS "{col}_score", '
+                         f'{status.format(f"max(status) FILTER (WHERE scorer = ${param})")} AS "{col}_status", '
+                         f'max(chance) FILTER (WHERE scorer = ${param}) AS "{col}_chance"')
+
         score_cols, null_cols = [], []
         for i, scorer in enumerate(scorers):
-            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
-            params[f"s{i}"] = scorer
-            score_cols.append(
-                f'max(score) FILTER (WHERE scorer = $s{i}) AS "{col}_score", '
-                f"coalesce(max(status) FILTER (WHERE scorer = $s{i}), 'not_scored') AS \"{col}_status\", "
-                f'max(chance) FILTER (WHERE scorer = $s{i}) AS "{col}_chance"'
-            )
+            col, cols = pivot(f"s{i}", scorer, "coalesce({}, 'not_scored')")
+            score_cols.append(cols)
             null_cols.append(f"max(score) FILTER (WHERE scorer = $s{i} AND status = 'ok') AS \"{col}_null\"")
-        free_cols = []
-        for i, scorer in enumerate(label_free):
-            col = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in scorer.lower())
-            params[f"f{i}"] = scorer
-            free_cols.append(
-                f'max(score) FILTER (WHERE scorer = $f{i}) AS "{col}_score", '
-                f"max(status) FILTER (WHERE scorer = $f{i}) AS \"{col}_status\", "
-                f'max(chance) FILTER (WHERE scorer = $f{i}) AS "{col}_chance"'
-            )
+        free_cols = [pivot(f"f{i}", scorer, "{}")[1] for i, scorer in enumerate(label_free)]
         pivot_cols = ", ".join(score_cols)
         sc_select = f", {pivot_cols}" if score_cols else ""
         nl_select = f", {', '.join(null_cols)}" if null_cols else ""
