@@ -50,6 +50,16 @@ EXAMPLE_LABELS = (
 )
 
 
+def unmarked(label: str) -> str:
+    """`label` without the excerpts' `<<` / `>>` highlight markers (spaces left behind collapsed).
+
+    Why: small explainers often copy the highlighting along with the words it marks ("the most famous
+    <<work>> of ..."); the words are the label. Only the markers go: a label that is nothing but markers
+    becomes empty and `label_problem` still rejects it, as it rejects every other echo.
+    """
+    return " ".join(label.replace("<<", "").replace(">>", "").split())
+
+
 def label_problem(label: object) -> str | None:
     """Why `label` is not a usable label ('empty', 'marker', 'example_copy', 'echo', 'repeat'), or None when it is one.
 

@@ -281,6 +281,21 @@ def test_a_feature_without_a_usable_label_is_a_failure_not_a_label(db: Path) -> 
     assert quality.final.problems == {"echo": 2} and quality.first.problems == {"echo": 2}
 
 
+def test_a_label_with_copied_markers_is_stored_unmarked_without_a_retry(db: Path) -> None:
+    marked = "names of <<rivers>> in Europe"
+    with FakeOpenAIServer(chat_reply=lambda body: json.dumps({"explanation": marked})) as server:
+        summary = run_explain(db, server.base_url, ExplainConfig(retries=2), features=[0, 1])
+        assert chat_requests(server) == 2  # one request per feature: nothing was rejected
+    assert summary.n_ok == 2
+    frame = rows(db)
+    assert (frame["explanation"] == "names of rivers in Europe").all() and frame["error"].isna().all()
+    assert frame["raw_text"].str.contains("<<rivers>>").all()  # the reply itself stays on record
+    with FakeOpenAIServer(chat_reply=lambda body: json.dumps({"explanation": marked})) as server:
+        kept = run_explain(db, server.base_url, ExplainConfig(retries=1, unmark_labels=False), features=[0])
+    assert kept.failures == {"unusable_label": 1}  # judged as replied: a marker is not a label
+    assert ExplainConfig(unmark_labels=False).hash != ExplainConfig().hash
+
+
 def test_reject_unusable_off_keeps_what_parses(db: Path) -> None:
     with FakeOpenAIServer(chat_reply=_label_reply(good_from_attempt=None)) as server:
         summary = run_explain(db, server.base_url, ExplainConfig(reject_unusable=False), features=[0, 1])

@@ -73,3 +73,14 @@ def test_diversity_counts_distinct_labels_and_the_template_a_small_explainer_rep
     quality = set_label_quality(rows)
     assert (quality.diversity.n, quality.diversity.n_distinct) == (2, 2)
     assert "2 distinct of 2 usable labels" in quality.format()
+
+
+def test_unmarking_keeps_the_words_a_reply_highlighted() -> None:
+    from autointerp.label_quality import unmarked
+
+    assert unmarked("the most famous <<work>> of the Ancient Greek writer") == "the most famous work of the Ancient Greek writer"
+    assert unmarked("the art of no<<ises>> (1989<<)>>") == "the art of noises (1989)"
+    assert unmarked("  <<names>>  of  rivers ") == "names of rivers"
+    assert unmarked("<< >>") == ""
+    assert unmarked("a < b comparisons") == "a < b comparisons"  # single angle brackets are text
+    assert label_problem(unmarked("the art of no<<ises>>")) is None

@@ -33,6 +33,12 @@ class ExplainConfig:
         "loops) as a failed attempt: retried hotter, then stored as status unusable_label, never as a label",
         off_help="store every label that parses, even ones the label-quality check rejects (to study them)",
     )
+    unmark_labels: bool = option(
+        True,
+        "drop the << >> markers a reply copies from the excerpts into its label before it is judged and stored "
+        "(the raw reply keeps them): 'the most famous <<work>> of ...' is a label once unmarked",
+        off_help="judge and store labels exactly as replied (a copied marker makes the label unusable)",
+    )
     prompt: str = option("explain_v2", "template name under prompts/ (v2: worked examples)")
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ from autointerp.explain.config import ExplainConfig
 from autointerp.explain.formatting import build_messages, select_examples
 from autointerp.explain.schema import EXPLANATION_SCHEMA, validate_explanation
 from autointerp.hashing import short_hash
-from autointerp.label_quality import label_problem, rejection_note
+from autointerp.label_quality import label_problem, rejection_note, unmarked
 from autointerp.llm.base import ChatResult, LLMClient, Status
 from autointerp.llm.runner import Outcome, RunStats, error_text, run_items, run_sync, window_for
 from autointerp.prompting import PromptTemplate, load_prompt
@@ -295,6 +295,8 @@ class _Worker:
                     result.status, result.error = Status.SCHEMA_ERROR, f"explanation reply rejected: {exc}"
                     result.parsed = None
                 else:
+                    if config.unmark_labels:
+                        label = unmarked(label) or label  # nothing but markers: judged (and rejected) as is
                     problem = label_problem(label) if config.reject_unusable else None
                     if problem is None:
                         result.error = rejection_note(rejected, final=False) if rejected else None
