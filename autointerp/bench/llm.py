@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="which features (a feature spec, e.g. middle:12 as the demo labels; default top:N)")
     parser.add_argument("--prompt", default=None,
                         help="explain template (default: explain's own default; the demo uses explain_v3)")
+    parser.add_argument("--llm-weights", choices=("auto", "int8", "full"), default=None,
+                        help="with --llm local:MODEL: how the embedded model keeps its decoder weights (default auto)")
     parser.add_argument("--in-process-server", action="store_true",
                         help="run the test server as a thread of this process (measures a GIL-shared setup)")
     parser.add_argument("--compare-prefix-cache", action="store_true",
@@ -87,13 +89,14 @@ def handle(args: argparse.Namespace) -> int:
                     shutil.copyfile(base_db, db)
                     result = _bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
                                          args.tokenizer, prefix_cache=prefix, features_spec=args.features,
-                                         prompt=args.prompt)
+                                         prompt=args.prompt, weights=args.llm_weights)
                     results.append(result)
                 off, on = results[-2]["explain"]["wall_s"], results[-1]["explain"]["wall_s"]
                 results[-1]["speedup_vs_no_prefix_cache"] = off / on if on > 0 else 0.0
             elif args.llm:
                 results.append(_bench_once(db, sae_name, args.llm, args.llm_model, level, n_features, stages,
-                                           args.tokenizer, features_spec=args.features, prompt=args.prompt))
+                                           args.tokenizer, features_spec=args.features, prompt=args.prompt,
+                                           weights=args.llm_weights))
             else:
                 with _test_server(args) as url:
                     result = _bench_once(db, sae_name, url, None, level, n_features, stages)
@@ -233,7 +236,8 @@ def _score_features() -> Any:
 
 def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrency: int, n_features: int,
                 stages: list[str], tokenizer: str | None = None, prefix_cache: bool | None = None,
-                features_spec: str | None = None, prompt: str | None = None) -> dict[str, Any]:
+                features_spec: str | None = None, prompt: str | None = None,
+                weights: str | None = None) -> dict[str, Any]:
     from autointerp.explain.config import ExplainConfig
     from autointerp.explain.run import explain
     from autointerp.llm import make_client
@@ -245,7 +249,7 @@ def _bench_once(db: Path, sae_name: str, url: str, model: str | None, concurrenc
         run = store.resolve_run(sae_name)
         live = store.explainable_feature_ids(run.run_id)
         features = parse_feature_spec(features_spec or f"top:{n_features}", store.features(run.run_id), live)
-        client = make_client(url, model, concurrency=concurrency, tokenizer_spec=tokenizer)
+        client = make_client(url, model, concurrency=concurrency, tokenizer_spec=tokenizer, weights=weights)
         if prefix_cache is False:
             client.prefix_cache = None  # type: ignore[attr-defined]  # the local client's baseline
         result["prefix_cache"] = getattr(client, "prefix_cache", None) is not None

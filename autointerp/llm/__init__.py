@@ -36,7 +36,7 @@ _HTTP_OPTIONS = {
     "api_key_env", "concurrency", "timeout_s", "max_retries", "rps", "tpm", "tokenizer_spec",
     "guided_json", "backoff_initial_s", "backoff_max_s", "replica_down_s", "max_retry_after_s",
 }
-_LOCAL_OPTIONS = {"device", "dtype", "max_batch_size", "batch_wait_s", "json_prefill"}
+_LOCAL_OPTIONS = {"device", "dtype", "weights", "max_batch_size", "batch_wait_s", "json_prefill"}
 
 
 def make_client(llm: str, model: str | None = None, **options: Any) -> LLMClient:
@@ -46,7 +46,7 @@ def make_client(llm: str, model: str | None = None, **options: Any) -> LLMClient
     .gguf) or one or more comma-separated `http(s)://` base URLs (with or without the `/v1`).
     `model`: the served model name (HTTP only; None: the one model the server serves).
     `options`: HTTP: api_key_env, concurrency, timeout_s, max_retries, rps, tpm, tokenizer_spec,
-    guided_json, ...; local: device, dtype, max_batch_size, batch_wait_s, json_prefill.
+    guided_json, ...; local: device, dtype, weights, max_batch_size, batch_wait_s, json_prefill.
     Options set to None are dropped, so argparse defaults of None mean "backend default".
     """
     options = {key: value for key, value in options.items() if value is not None}
@@ -111,6 +111,10 @@ def add_llm_arguments(parser: argparse.ArgumentParser, prefix: str = "", default
     group.add_argument(f"--{prefix}tokenizer", dest=f"{dest}tokenizer", default=None,
                        help="tokenizer of the served model (smollm2, a directory): enables prompt logprobs "
                        "for the simulator over HTTP")
+    group.add_argument(f"--{prefix}llm-weights", dest=f"{dest}llm_weights", choices=("auto", "int8", "full"),
+                       default=None,
+                       help="embedded LLM (local:...): int8 keeps the decoder's linear weights as int8 with a scale "
+                       "per row (half the memory of bf16), full as loaded; auto: the model's default")
     group.add_argument(f"--{prefix}no-guided-json", dest=f"{dest}no_guided_json", action="store_true",
                        help="do not send response_format json_schema (for servers that refuse it); "
                        "replies are still validated here")
@@ -135,4 +139,5 @@ def client_from_args(args: argparse.Namespace, prefix: str = "") -> LLMClient:
         tokenizer_spec=get("tokenizer"),
         guided_json=False if get("no_guided_json") else None,
         device=get("device"),
+        weights=get("llm_weights"),
     )

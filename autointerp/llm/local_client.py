@@ -33,10 +33,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from autointerp.errors import UserError
 from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.microbatch import MicroBatcher
 from autointerp.llm.prefix_cache import PrefixCache
 from autointerp.llm.replies import judge_reply
+
+#: `--llm-weights`: how the embedded LLM keeps its decoder weights (auto: the model's default, `llm_weights`).
+WEIGHT_FORMATS = ("auto", "int8", "full")
 
 # transformers 5.2x renames generate's/forward's `past_key_values` to `cache` and warns on every call (once per
 # batch: dozens of lines in a demo). The old name still works in every version we support; the new one does not
@@ -301,6 +305,27 @@ class GuidedRows:
         return scores
 
 
+class RowTemperature:
+    """Per-row sampling temperature for one `generate` call: a row at temperature 0 keeps only its best token
+    (sampling it is greedy decoding), a row at T > 0 has its scores divided by T. Applied after any grammar."""
+
+    def __init__(self, temperatures: list[float]) -> None:
+        self.temperatures = temperatures
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for row, temperature in enumerate(self.temperatures):
+            if temperature > 0:
+                scores[row] = scores[row] / temperature
+            else:
+                best = int(scores[row].argmax())
+                kept = scores[row, best].clone()
+                scores[row] = -torch.inf
+                scores[row, best] = kept
+        return scores
+
+
 class LocalClient:
     """`LLMClient` over a transformers model loaded with `autointerp.models.load_model`."""
 
@@ -312,27 +337,34 @@ class LocalClient:
         *,
         device: str = "cpu",
         dtype: str = "auto",
+        weights: str = "auto",
         max_batch_size: int | None = None,
         batch_wait_s: float = 0.005,
         json_prefill: bool = True,
-        max_batch_tokens: int = 4096,
+        max_batch_tokens: int | None = None,
         prefix_entries: int = 4,
-        prefill_chunk: int = 256,
+        prefill_chunk: int | None = None,
     ) -> None:
         self.spec = spec
         self.model_name = f"local:{spec}"
         self.device = device
         self.dtype = dtype
+        if weights not in WEIGHT_FORMATS:
+            raise UserError(f"unknown weight format {weights!r} for the embedded LLM",
+                            f"use one of {', '.join(WEIGHT_FORMATS)}")
+        self.weights = weights
         self.json_prefill = json_prefill
-        # Tokens per teacher-forced forward (simulation). 4,096, not 16,384: qwen0.5b simulated the 12 demo
-        # features in 8.6 s per feature instead of 11.1 s (less padding, more prefix reuse), peak RSS 2.7 GB
-        # instead of 2.9 GB; 2,048 gained nothing more (8.5 s, 2.6 GB).
-        self.max_batch_tokens = max_batch_tokens
-        # Prompt positions per forward pass when a batch's prompts are read before generating (0: all at once).
-        self.prefill_chunk = prefill_chunk
-        if max_batch_size is None:  # the model's own default (None: what `--llm local:SPEC` passes)
-            from autointerp.models import llm_batch_size
+        # None below: the model's own default (a shipped model's `PartsModel` settings; autointerp.models says why).
+        from autointerp.models import llm_batch_size, llm_batch_tokens, llm_prefill_chunk
 
+        # Tokens per teacher-forced forward (simulation): 4,096, not 16,384: qwen0.5b simulated the 12 demo
+        # features in 8.6 s per feature instead of 11.1 s (less padding, more prefix reuse); the shipped Qwen
+        # models 2,048, for memory.
+        self.max_batch_tokens = llm_batch_tokens(spec) if max_batch_tokens is None else max_batch_tokens
+        # Prompt positions per forward pass when a batch's prompts are read before generating (0: all at once):
+        # 256, or 128 for the shipped Qwen models.
+        self.prefill_chunk = llm_prefill_chunk(spec) if prefill_chunk is None else prefill_chunk
+        if max_batch_size is None:  # the model's own default (None: what `--llm local:SPEC` passes)
             max_batch_size = llm_batch_size(spec)
         self.concurrency = max_batch_size  # one micro-batch in flight keeps the model busy
         self._lm: Any = None
@@ -356,10 +388,11 @@ class LocalClient:
     def _load(self) -> Any:
         with self._load_lock:
             if self._lm is None:
-                from autointerp.models import llm_dtype, load_model
+                from autointerp.models import llm_dtype, llm_weights, load_model
 
                 dtype = llm_dtype(self.spec, self.device) if self.dtype == "auto" else self.dtype
-                self._lm = load_model(self.spec, device=self.device, dtype=dtype)
+                weights = llm_weights(self.spec, self.device) if self.weights == "auto" else self.weights
+                self._lm = load_model(self.spec, device=self.device, dtype=dtype, weights=weights)
             return self._lm
 
     async def check(self) -> None:
@@ -414,10 +447,18 @@ class LocalClient:
         )
 
     def _generate_batch(self, items: list[_ChatItem]) -> list[_Generated]:
-        """Runs in the worker thread; items with different sampling settings run as separate batches."""
-        groups: dict[tuple[float, int | None, str | None], list[int]] = {}
+        """Runs in the worker thread; items that cannot share one `generate` call run as separate batches.
+
+        Rows of one call share a grammar. Greedy and sampled rows share a call (`RowTemperature`): explain's
+        sampled retry of a rejected label then rides with the next features' first tries instead of costing a
+        round of its own (SmolLM2, 12 demo features: 1 retry was a third round, ~10 % of explain's time). Rows
+        that ask for logprobs keep calls of their own settings: their scores must be the model's, not a
+        per-row transform of them.
+        """
+        groups: dict[tuple[str | None, float | None, int | None], list[int]] = {}
         for index, item in enumerate(items):
-            groups.setdefault((item.temperature, item.seed, item.schema_key), []).append(index)
+            key = (item.schema_key, item.temperature, item.seed) if item.top_logprobs > 0 else (item.schema_key, None, None)
+            groups.setdefault(key, []).append(index)
         results: list[_Generated | None] = [None] * len(items)
         for indices in groups.values():
             group = _isolated(self._generate_group, [items[i] for i in indices],
@@ -429,7 +470,7 @@ class LocalClient:
 
     def _generate_group(self, items: list[_ChatItem]) -> list[_Generated]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         lm = self._load()
         tokenizer, model = lm.tokenizer, lm.model
@@ -454,20 +495,25 @@ class LocalClient:
                 return done
 
         first = items[0]
-        sample = first.temperature > 0
+        temperatures = [item.temperature for item in items]
+        sample = max(temperatures) > 0
+        mixed = len(set(temperatures)) > 1  # per-row temperatures: RowTemperature, after the grammar's mask
         config = GenerationConfig(
             max_new_tokens=max(item.max_tokens for item in items),
             do_sample=sample,
-            temperature=first.temperature if sample else None,
+            temperature=(1.0 if mixed else first.temperature) if sample else None,
             top_p=1.0 if sample else None,
             top_k=0 if sample else None,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(stop_ids),
         )
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
+        seeds = [item.seed for item in items if item.temperature > 0] or [first.seed]
+        if seeds[0] is not None:
+            torch.manual_seed(seeds[0])
         criteria = StoppingCriteriaList([JsonDone()]) if any(i.stop_after_json for i in items) else None
         processors = self._grammars.logits_processors(lm, first.schema_key, len(items), sorted(stop_ids))
+        if mixed:
+            processors = LogitsProcessorList([*(processors or []), RowTemperature(temperatures)])
         want_logprobs = any(item.top_logprobs > 0 for item in items)
         with torch.inference_mode():
             generated = model.generate(

@@ -203,6 +203,33 @@ def llm_batch_size(spec: str) -> int:
     return PARTS_MODELS[spec].llm_batch_size if spec in PARTS_MODELS else 8
 
 
+def llm_prefill_chunk(spec: str) -> int:
+    """Prompt positions per forward pass when the embedded backend reads a batch's prompts (see PartsModel)."""
+    return PARTS_MODELS[spec].llm_prefill_chunk if spec in PARTS_MODELS else 256
+
+
+def llm_batch_tokens(spec: str) -> int:
+    """Tokens per teacher-forced forward pass of the embedded backend (prompt logprobs; see PartsModel)."""
+    return PARTS_MODELS[spec].llm_batch_tokens if spec in PARTS_MODELS else 4096
+
+
+def llm_weights(spec: str, device: str = "cpu") -> str:
+    """How an embedded LLM keeps its decoder weights unless told otherwise (`--llm-weights`): 'int8' or 'full'.
+
+    int8 (`autointerp.models.int8`) on a CPU whose torch has the int8 weight-only kernel: the weights are most
+    of the embedded backend's memory. Measured on 2 Zen 4 cores, 12 demo features (`autointerp bench llm
+    --llm-weights int8|full`), int8 against bf16: qwen0.5b peak RSS 1,983 vs 2,135 MB, explain 1.90 vs 1.81 s,
+    simulation 16.4 vs 16.0 s per feature (one run each, back to back); smollm2 1.25-1.37 GB vs 1.46 GB, explain
+    within the machine's run-to-run noise (four alternating runs each: 1.02-1.23 vs 1.06-1.37 s per feature);
+    qwen1.5b 2,864 MB (explain) / 3,022 MB (+ simulation) against 4,100 / 4,346 MB in bf16 on an earlier day,
+    explain 6.1 vs 6.0 s per feature. Collect never uses it: activations for an SAE want the model as trained
+    (`load_model`'s default is 'full').
+    """
+    if device != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
+        return "full"
+    return "int8"
+
+
 def llm_dtype(spec: str, device: str = "cpu") -> str:
     """The dtype an embedded LLM (`--llm local:SPEC`) runs in unless told otherwise.
 
@@ -268,10 +295,12 @@ def load_tokenizer(spec: str) -> Any:
     return tokenizer
 
 
-def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+def load_model(spec: str, device: str = "cpu", dtype: str = "float32", weights: str = "full") -> LoadedModel:
     """Load a causal LM and its tokenizer from local files, in eval mode with grads off.
 
     `dtype='auto'`: the spec's cache dtype (see `cache_dtype`), so a bf16 cache is not upcast to a float32 copy.
+    `weights='int8'`: the decoder's linear weights as int8 (`autointerp.models.int8`; CPU, for the embedded LLM:
+    activations for an SAE want the model as trained, so collect never asks for it).
     """
     from transformers import AutoModelForCausalLM
 
@@ -287,10 +316,22 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": DTYPES[dtype]}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    if weights not in ("full", "int8"):
+        raise UserError(f"unknown weight format {weights!r}", "use full or int8")
+    if weights == "int8" and (gguf_file or device != "cpu"):
+        raise UserError(f"int8 weights need the model as an HF directory on the CPU ({spec!r}, device {device})",
+                        "use --llm-weights full, or let the model cache convert the GGUF (unset "
+                        "AUTOINTERP_NO_MODEL_CACHE)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         tokenizer = load_tokenizer(spec)
-        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+        if weights == "int8":
+            from autointerp.models.convert import cache_root
+            from autointerp.models.int8 import load_int8_model
+
+            model = load_int8_model(directory, DTYPES[dtype], cache_root() / "models")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(
             f"could not load model {spec!r} from {directory}: {exc}",
