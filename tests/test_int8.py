@@ -80,3 +80,25 @@ def test_an_unknown_weight_format_is_one_clear_error() -> None:
         make_client("local:smollm2", weights="int4")
     with pytest.raises(UserError, match="unknown weight format"):
         load_model("smollm2", weights="int4")
+
+
+def test_an_unwritable_cache_falls_back_to_the_weights_as_loaded(tmp_path, monkeypatch, caplog) -> None:
+    from collect_helpers import make_tiny_model_dir
+
+    from autointerp.models import load_model
+
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("AUTOINTERP_CACHE_DIR", str(blocked))
+    directory = make_tiny_model_dir(tmp_path / "llama", hidden=64, layers=2)
+    loaded = load_model(str(directory), dtype="bfloat16", weights="int8")
+    assert not any(isinstance(m, Int8Linear) for m in loaded.model.modules())
+    assert "could not write int8 weights" in caplog.text
+
+
+def test_without_the_model_cache_the_default_is_the_weights_as_loaded(monkeypatch) -> None:
+    from autointerp.models import llm_weights
+
+    assert llm_weights("smollm2") == "int8"
+    monkeypatch.setenv("AUTOINTERP_NO_MODEL_CACHE", "1")
+    assert llm_weights("smollm2") == "full"

@@ -227,6 +227,8 @@ def llm_weights(spec: str, device: str = "cpu") -> str:
     """
     if device != "cpu" or not hasattr(torch, "_weight_int8pack_mm"):
         return "full"
+    if os.environ.get("AUTOINTERP_NO_MODEL_CACHE"):  # the int8 weights live in the model cache
+        return "full"
     return "int8"
 
 
@@ -325,12 +327,8 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", weights: 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         tokenizer = load_tokenizer(spec)
-        if weights == "int8":
-            from autointerp.models.convert import cache_root
-            from autointerp.models.int8 import load_int8_model
-
-            model = load_int8_model(directory, DTYPES[dtype], cache_root() / "models")
-        else:
+        model = _load_int8(directory, DTYPES[dtype]) if weights == "int8" else None
+        if model is None:
             model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(
@@ -343,6 +341,22 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", weights: 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=torch.device(device), dtype=DTYPES[dtype])
+
+
+def _load_int8(directory: Path, dtype: torch.dtype) -> Any:
+    """The model with int8 decoder weights, or None (with a warning) when its int8 checkpoint cannot be written
+    into the cache (read-only or full): the weights then load as they are, as a GGUF does without its cache."""
+    from autointerp.models.convert import cache_root
+    from autointerp.models.int8 import int8_checkpoint, load_int8_model
+
+    cache = cache_root() / "models"
+    try:
+        int8_checkpoint(directory, dtype, cache)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("could not write int8 weights of %s into %s (%s); loading them as they "
+                                            "are", directory, cache, exc)
+        return None
+    return load_int8_model(directory, dtype, cache)
 
 
 def _contiguous_head_input(model: nn.Module) -> None:
