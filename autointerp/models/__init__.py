@@ -351,12 +351,12 @@ def _load_int8(directory: Path, dtype: torch.dtype) -> Any:
 
     cache = cache_root() / "models"
     try:
-        int8_checkpoint(directory, dtype, cache)
+        checkpoint = int8_checkpoint(directory, dtype, cache)
     except OSError as exc:
         logging.getLogger(__name__).warning("could not write int8 weights of %s into %s (%s); loading them as they "
                                             "are", directory, cache, exc)
         return None
-    return load_int8_model(directory, dtype, cache)
+    return load_int8_model(directory, dtype, checkpoint)
 
 
 def _contiguous_head_input(model: nn.Module) -> None:

@@ -154,12 +154,11 @@ def write_int8_checkpoint(directory: Path, shards: list[Path], dtype: torch.dtyp
     os.replace(partial, target)
 
 
-def load_int8_model(directory: Path, dtype: torch.dtype, cache: Path) -> Any:
-    """The causal LM of HF directory `directory` with int8 decoder weights (see the module docstring)."""
+def load_int8_model(directory: Path, dtype: torch.dtype, checkpoint: Path) -> Any:
+    """The causal LM of HF directory `directory` with the int8 decoder weights of `checkpoint` (`int8_checkpoint`)."""
     from safetensors.torch import load_file
     from transformers import GenerationConfig
 
-    checkpoint = int8_checkpoint(directory, dtype, cache)
     model = _empty_model(directory, dtype)
     for name in _decoder_linear_names(model):
         parent_name, _, child = name.rpartition(".")
