@@ -4,9 +4,13 @@ For machines without a server: no setup, same interface as the HTTP client. Conc
 gathered into padded batches (see `microbatch.py`) and run in one worker thread, so the event loop
 stays free. Chat uses the tokenizer's chat template; temperature 0 is greedy decoding.
 
+Generation goes through `shared_head.py` where the model family allows it (the prompts' shared head
+stored once, rows leaving the batch as they finish), else through transformers' `generate`.
+
 JSON replies are grammar-constrained with xgrammar (the engine vLLM uses for guided decoding) when
 it is installed (`pip install autointerp[embedded]`): the reply can then only be schema-valid JSON,
-as with a vLLM server. Without xgrammar we keep it honest and light: the reply is
+as with a vLLM server; the text the grammar forces at the start (`{"explanation": "`) is read with the
+prompt rather than generated a step per token. Without xgrammar we keep it honest and light: the reply is
 prefilled with the schema's fixed head (`{"explanation": "` for an object whose first required
 property is a string: the only text a guided decoder would allow there anyway; small models
 otherwise wander off before writing any JSON),
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.llm import shared_head
 from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.microbatch import MicroBatcher
 from autointerp.llm.prefix_cache import PrefixCache
@@ -205,13 +210,14 @@ def json_object_end(text: str) -> int | None:
     return None
 
 
-def _step_logprobs(tokenizer: Any, scores: Any, row: int, reply_ids: list[int], top_n: int) -> list[TokenLogprob]:
-    """Per generated token of one row: its logprob and the top-N alternatives, each token decoded alone."""
+def _step_logprobs(tokenizer: Any, row_scores: list[Any], reply_ids: list[int], top_n: int) -> list[TokenLogprob]:
+    """Per generated token of one row: its logprob and the top-N alternatives, each token decoded alone.
+    `row_scores`: the row's scores [vocab] per step, after the logits processors."""
     import torch
 
     out = []
     for step, token_id in enumerate(reply_ids):
-        logprobs = torch.log_softmax(scores[step][row].float(), dim=-1)
+        logprobs = torch.log_softmax(row_scores[step].float(), dim=-1)
         values, indices = logprobs.topk(min(top_n, logprobs.shape[-1]))
         top = {tokenizer.decode([int(i)]): float(v) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
                if v > float("-inf")}
@@ -234,17 +240,25 @@ class _Grammars:
             self._xgr = xgrammar
         self._compiler: Any = None
         self._compiled: dict[str, Any] = {}
+        self._forced: dict[str, str] = {}
 
     @property
     def available(self) -> bool:
         return self._xgr is not None
 
-    def logits_processors(self, lm: Any, schema_key: str | None, batch_size: int, stop_ids: list[int]) -> Any:
-        """A fresh logits-processor list constraining every row to `schema_key` (None: unconstrained)."""
+    def logits_processors(
+        self, lm: Any, schema_key: str | None, batch_size: int, stop_ids: list[int], forced: str = ""
+    ) -> Any:
+        """A fresh logits-processor list constraining every row to `schema_key` (None: unconstrained), each row's
+        reply already started with `forced` (the rows' common prefill)."""
         from transformers import LogitsProcessorList
 
         if schema_key is None or self._xgr is None:
             return None
+        return LogitsProcessorList([GuidedRows(self._xgr, self._compile(lm, schema_key), batch_size, stop_ids,
+                                               forced=forced)])
+
+    def _compile(self, lm: Any, schema_key: str) -> Any:
         if self._compiler is None:
             # The logits are as wide as the model's embedding (Qwen: 151936), wider than the tokenizer's
             # vocabulary; the bitmask must cover the whole width or the padding ids stay allowed.
@@ -254,7 +268,21 @@ class _Grammars:
         if schema_key not in self._compiled:
             # No free whitespace: small models otherwise fill max_tokens with spaces (as noted for vLLM).
             self._compiled[schema_key] = self._compiler.compile_json_schema(schema_key, any_whitespace=False)
-        return LogitsProcessorList([GuidedRows(self._xgr, self._compiled[schema_key], batch_size, stop_ids)])
+        return self._compiled[schema_key]
+
+    def forced_head(self, lm: Any, schema_key: str | None) -> str:
+        """The text every reply the grammar allows starts with (`{"explanation": "`), '' without a grammar.
+
+        Why: those characters cost one decoding step per token (4 for the explain schema, a step of every row
+        of the batch) while the grammar leaves the model no choice; read with the prompt they cost a prompt
+        position each (jump-forward decoding, as in SGLang). The reply still holds them and is still parsed.
+        """
+        if schema_key is None or self._xgr is None:
+            return ""
+        if schema_key not in self._forced:
+            matcher = self._xgr.GrammarMatcher(self._compile(lm, schema_key))
+            self._forced[schema_key] = matcher.find_jump_forward_string()
+        return self._forced[schema_key]
 
 
 class GuidedRows:
@@ -268,10 +296,13 @@ class GuidedRows:
     parsing on its own) instead of raising for the whole batch.
     """
 
-    def __init__(self, xgr: Any, compiled: Any, batch_size: int, stop_ids: list[int]) -> None:
+    def __init__(self, xgr: Any, compiled: Any, batch_size: int, stop_ids: list[int], forced: str = "") -> None:
         self.xgr = xgr
         self.stop_ids = sorted(stop_ids)
         self.matchers = [xgr.GrammarMatcher(compiled, override_stop_tokens=self.stop_ids) for _ in range(batch_size)]
+        for matcher in self.matchers:  # the reply's forced head, read with the prompt (`_Grammars.forced_head`)
+            if forced and not matcher.accept_string(forced):
+                raise ValueError(f"the grammar refuses its own forced head {forced!r}")
         self.finished = [False] * batch_size
         self.rejected: list[int | None] = [None] * batch_size   # the token a row's grammar refused, if any
         self.bitmask = xgr.allocate_token_bitmask(batch_size, compiled.tokenizer_info.vocab_size)
@@ -344,6 +375,7 @@ class LocalClient:
         max_batch_tokens: int | None = None,
         prefix_entries: int = 4,
         prefill_chunk: int | None = None,
+        shared_head: bool = True,
     ) -> None:
         self.spec = spec
         self.model_name = f"local:{spec}"
@@ -354,6 +386,8 @@ class LocalClient:
                             f"use one of {', '.join(WEIGHT_FORMATS)}")
         self.weights = weights
         self.json_prefill = json_prefill
+        # Generate with the shared head's KV cache stored once (`shared_head.py`) where the model supports it.
+        self.shared_head = shared_head
         # None below: the model's own default (a shipped model's `PartsModel` settings; autointerp.models says why).
         from autointerp.models import llm_batch_size, llm_batch_tokens, llm_prefill_chunk
 
@@ -425,12 +459,15 @@ class LocalClient:
         top_logprobs: int = 0,
     ) -> ChatResult:
         started = time.perf_counter()
-        tokenizer = await asyncio.get_running_loop().run_in_executor(self._executor, self.tokenizer)
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         wants_object = json_schema is not None and json_schema.get("type", "object") == "object"
         guided = json_schema is not None and self._grammars.available
-        prefill = schema_prefill(json_schema) if wants_object and self.json_prefill and not guided else ""
-        schema_key = json.dumps(json_schema, sort_keys=True) if guided else None
+        schema_key = self._schema_key(json_schema) if guided else None
+        tokenizer, forced = await asyncio.get_running_loop().run_in_executor(self._executor, self._reply_head, schema_key)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if guided:
+            prefill = forced if self.json_prefill else ""
+        else:
+            prefill = schema_prefill(json_schema) if wants_object and self.json_prefill else ""
         item = _ChatItem(prompt, prefill, max_tokens, temperature, seed, stop_after_json=json_schema is not None,
                          schema_key=schema_key, top_logprobs=max(0, int(top_logprobs)))
         generated = await self._chat_batcher.submit(item)
@@ -446,6 +483,20 @@ class LocalClient:
             token_logprobs=generated.token_logprobs,
         )
 
+    @staticmethod
+    def _schema_key(schema: dict[str, Any]) -> str:
+        """The canonical JSON of a schema: what grammars are compiled and batches grouped by."""
+        return json.dumps(schema, sort_keys=True)
+
+    def _reply_head(self, schema_key: str | None) -> tuple[Any, str]:
+        """(tokenizer, the grammar's forced reply head) in the worker thread. A schema the grammar compiler
+        refuses gets no forced head here: the batch compiles it again and records the error on the item."""
+        tokenizer = self.tokenizer()
+        try:
+            return tokenizer, self._grammars.forced_head(self._load(), schema_key)
+        except Exception:  # noqa: BLE001 - reported per item by `_generate_batch`, not lost
+            return tokenizer, ""
+
     def _generate_batch(self, items: list[_ChatItem]) -> list[_Generated]:
         """Runs in the worker thread; items that cannot share one `generate` call run as separate batches.
 
@@ -455,9 +506,10 @@ class LocalClient:
         that ask for logprobs keep calls of their own settings: their scores must be the model's, not a
         per-row transform of them.
         """
-        groups: dict[tuple[str | None, float | None, int | None], list[int]] = {}
+        groups: dict[tuple[str | None, str, float | None, int | None], list[int]] = {}
         for index, item in enumerate(items):
-            key = (item.schema_key, item.temperature, item.seed) if item.top_logprobs > 0 else (item.schema_key, None, None)
+            sampling = (item.temperature, item.seed) if item.top_logprobs > 0 else (None, None)
+            key = (item.schema_key, item.prefill, *sampling)
             groups.setdefault(key, []).append(index)
         results: list[_Generated | None] = [None] * len(items)
         for indices in groups.values():
@@ -475,13 +527,15 @@ class LocalClient:
         lm = self._load()
         tokenizer, model = lm.tokenizer, lm.model
         prompts = [tokenizer(item.prompt + item.prefill, add_special_tokens=False)["input_ids"] for item in items]
-        encoded, past = self._layout_prompts(prompts, tokenizer.pad_token_id or 0)
-        past = self._prefill(lm, encoded, past)
-        prompt_length = encoded["input_ids"].shape[1]
         stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         configured_eos = model.generation_config.eos_token_id
         stop_ids |= set(configured_eos if isinstance(configured_eos, list) else [configured_eos])
         stop_ids.discard(None)
+        if self.shared_head and shared_head.supports(model):
+            return self._generate_shared_head(lm, items, prompts, sorted(stop_ids))
+        encoded, past = self._layout_prompts(prompts, tokenizer.pad_token_id or 0)
+        past = self._prefill(lm, encoded, past)
+        prompt_length = encoded["input_ids"].shape[1]
 
         class JsonDone(StoppingCriteria):
             """Stops a row once its reply holds a complete JSON object (rows without a schema never stop here)."""
@@ -511,7 +565,8 @@ class LocalClient:
         if seeds[0] is not None:
             torch.manual_seed(seeds[0])
         criteria = StoppingCriteriaList([JsonDone()]) if any(i.stop_after_json for i in items) else None
-        processors = self._grammars.logits_processors(lm, first.schema_key, len(items), sorted(stop_ids))
+        processors = self._grammars.logits_processors(lm, first.schema_key, len(items), sorted(stop_ids),
+                                                      forced=first.prefill)
         if mixed:
             processors = LogitsProcessorList([*(processors or []), RowTemperature(temperatures)])
         want_logprobs = any(item.top_logprobs > 0 for item in items)
@@ -528,23 +583,62 @@ class LocalClient:
                 return_dict_in_generate=want_logprobs,
             )
         output = generated.sequences if want_logprobs else generated
-        results = []
-        for row, item in enumerate(items):
-            new_ids = output[row, prompt_length:].tolist()[: item.max_tokens]
-            ended = next((i for i, token in enumerate(new_ids) if token in stop_ids), None)
-            reply_ids = new_ids if ended is None else new_ids[:ended]
-            text = item.prefill + tokenizer.decode(reply_ids, skip_special_tokens=True)
-            finish = "stop" if ended is not None else "length"
-            if item.stop_after_json:
-                end = json_object_end(text)
-                if end is not None:
-                    text, finish = text[:end], "stop"
-            token_logprobs = None
-            if item.top_logprobs > 0:
-                token_logprobs = _step_logprobs(tokenizer, generated.scores, row, reply_ids, item.top_logprobs)
-            results.append(_Generated(text, finish, int(encoded["attention_mask"][row].sum()), len(reply_ids),
-                                      token_logprobs))
-        return results
+        return [
+            self._reply(tokenizer, item, output[row, prompt_length:].tolist(), stop_ids,
+                        [step[row] for step in generated.scores] if item.top_logprobs > 0 else None,
+                        int(encoded["attention_mask"][row].sum()))
+            for row, item in enumerate(items)
+        ]
+
+    @staticmethod
+    def _reply(tokenizer: Any, item: _ChatItem, new_ids: list[int], stop_ids: set[int], row_scores: list[Any] | None,
+               prompt_tokens: int) -> _Generated:
+        """One row's result from its generated ids (cut at its stop token / complete JSON object)."""
+        new_ids = new_ids[: item.max_tokens]
+        ended = next((i for i, token in enumerate(new_ids) if token in stop_ids), None)
+        reply_ids = new_ids if ended is None else new_ids[:ended]
+        text = item.prefill + tokenizer.decode(reply_ids, skip_special_tokens=True)
+        finish = "stop" if ended is not None else "length"
+        if item.stop_after_json:
+            end = json_object_end(text)
+            if end is not None:
+                text, finish = text[:end], "stop"
+        token_logprobs = None
+        if item.top_logprobs > 0 and row_scores is not None:
+            token_logprobs = _step_logprobs(tokenizer, row_scores, reply_ids, item.top_logprobs)
+        return _Generated(text, finish, prompt_tokens, len(reply_ids), token_logprobs)
+
+    def _generate_shared_head(self, lm: Any, items: list[_ChatItem], prompts: list[list[int]],
+                              stop_ids: list[int]) -> list[_Generated]:
+        """`_generate_group` with the shared head stored once (`shared_head.generate`; same replies up to
+        float rounding, a finished row leaves the batch)."""
+        tokenizer = lm.tokenizer
+        shared, past = 0, None
+        if self.prefix_cache is not None:
+            shared, past = self.prefix_cache.shared(prompts, limit=min(len(p) for p in prompts) - 1)
+            self.prefix_cache.stats.computed_tokens += sum(len(p) - shared for p in prompts)
+        temperatures = [item.temperature for item in items]
+        first = items[0]
+        processors = list(self._grammars.logits_processors(lm, first.schema_key, len(items), stop_ids,
+                                                           forced=first.prefill) or [])
+        if max(temperatures) > 0:  # the scores a sampled row draws from are divided by its temperature
+            processors.append(RowTemperature(temperatures))
+
+        def done(row: int, ids: list[int]) -> bool:
+            item = items[row]
+            return item.stop_after_json and json_object_end(
+                item.prefill + tokenizer.decode(ids, skip_special_tokens=True)) is not None
+
+        seeds = [item.seed for item in items if item.temperature > 0] or [first.seed]
+        replies, scores = shared_head.generate(
+            lm, past, shared,
+            [shared_head.Row(p[shared:], item.max_tokens, item.temperature) for p, item in zip(prompts, items, strict=True)],
+            stop_ids=stop_ids, processors=processors, done=done,
+            keep_scores=any(item.top_logprobs > 0 for item in items), chunk=self.prefill_chunk, seed=seeds[0],
+        )
+        return [self._reply(tokenizer, item, replies[row], set(stop_ids), None if scores is None else scores[row],
+                            len(prompts[row]))
+                for row, item in enumerate(items)]
 
     def _layout_prompts(self, prompts: list[list[int]], pad: int) -> tuple[dict[str, Any], Any]:
         """Batch tensors for generation: [shared prefix][left padding][own tail] per row, and the prefix's cache.

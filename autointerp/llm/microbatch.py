@@ -4,6 +4,12 @@ The stages fire many `chat` / `prompt_logprobs` calls at once (as they would at 
 in-process model is much faster on a padded batch than on one request at a time, and must run off
 the event loop so the loop keeps serving. The batcher waits a few milliseconds after the first call
 for others to arrive, then hands the batch to one worker thread (the model is used by one thread).
+
+After a long batch it waits longer (a twentieth of that batch's time, at most `max_settle_s`): the callers
+it just answered react with new calls (explain's retry of a rejected label, the next features once slots
+free up), and a reaction that misses the window costs a batch of its own. On a CPU a batch takes seconds,
+and the reaction milliseconds (explain's retry renders the chat template: ~7 ms, where the fixed 5 ms
+window missed it in half the runs, costing SmolLM2 a ~1.5 s batch of one row in 12 demo features).
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ class MicroBatcher(Generic[Item, Result]):
         executor: Executor,
         max_batch_size: int = 8,
         wait_s: float = 0.005,
+        max_settle_s: float = 0.1,
     ) -> None:
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        self.max_settle_s = max_settle_s
+        self._settle_until = 0.0  # loop time until which the callers of the last batch may still react
         self.batch_sizes: list[int] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
@@ -48,7 +57,7 @@ class MicroBatcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
-            deadline = loop.time() + self.wait_s
+            deadline = max(loop.time() + self.wait_s, self._settle_until)
             while len(batch) < self.max_batch_size:
                 if not queue.empty():
                     batch.append(queue.get_nowait())
@@ -64,6 +73,7 @@ class MicroBatcher(Generic[Item, Result]):
             if not live:
                 continue
             self.batch_sizes.append(len(live))
+            started = loop.time()
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])
             except Exception as exc:  # noqa: BLE001 - a bug or OOM in the model: every caller sees it
@@ -71,6 +81,9 @@ class MicroBatcher(Generic[Item, Result]):
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            finally:
+                ended = loop.time()
+                self._settle_until = ended + min((ended - started) / 20, self.max_settle_s)
             for (_, future), result in zip(live, results, strict=True):
                 if not future.done():
                     future.set_result(result)
