@@ -39,10 +39,13 @@ class PartsModel:
     # hold less KV cache and activations at once; on a CPU the prompt's tokens, not the rows, set the time.
     llm_batch_size: int = 8
     # Prompt positions per forward pass when reading a batch's prompts, and tokens per teacher-forced forward
-    # (prompt logprobs): half the generic 256 / 4,096, so half the activations at the peak. qwen0.5b, 12 demo
-    # features, explain + simulation: peak RSS 1,778 MB instead of 2,008 MB (one run each, int8 weights).
+    # (prompt logprobs): half and a quarter of the generic 256 / 4,096, for the activations at the peak.
+    # qwen0.5b, 12 demo features, explain + simulation: peak RSS 1,778 MB instead of 2,008 MB with 128 / 2,048
+    # (one run each, int8 weights); 1,024 logprob tokens instead of 2,048: 1,708 and 1,702 MB against 1,906 MB
+    # on 4 demo features, simulation 14.8-15.4 vs 16.1 s per feature; on 12 features 1,902 vs 1,913 MB (there the
+    # peak comes later, from something other than one forward pass's activations).
     llm_prefill_chunk: int = 128
-    llm_batch_tokens: int = 2048
+    llm_batch_tokens: int = 1024
 
     @property
     def module_prefix(self) -> str:
