@@ -273,7 +273,7 @@ class _Grammars:
     def forced_head(self, lm: Any, schema_key: str | None) -> str:
         """The text every reply the grammar allows starts with (`{"explanation": "`), '' without a grammar.
 
-        Why: those characters cost one decoding step per token (4 for the explain schema, a step of every row
+        Why: those characters cost one decoding step per token (5 for the explain schema, a step of every row
         of the batch) while the grammar leaves the model no choice; read with the prompt they cost a prompt
         position each (jump-forward decoding, as in SGLang). The reply still holds them and is still parsed.
         """
