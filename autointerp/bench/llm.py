@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import UserError
+from autointerp.llm.base import WEIGHT_FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="which features (a feature spec, e.g. middle:12 as the demo labels; default top:N)")
     parser.add_argument("--prompt", default=None,
                         help="explain template (default: explain's own default; the demo uses explain_v3)")
-    parser.add_argument("--llm-weights", choices=("auto", "int8", "full"), default=None,
+    parser.add_argument("--llm-weights", choices=WEIGHT_FORMATS, default=None,
                         help="with --llm local:MODEL: how the embedded model keeps its decoder weights (default auto)")
     parser.add_argument("--in-process-server", action="store_true",
                         help="run the test server as a thread of this process (measures a GIL-shared setup)")

@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from autointerp.llm.base import WEIGHT_FORMATS
+
 
 def _messages(db: str, sae_name: str | None, features_spec: str, prompt: str) -> list[Any]:
     from autointerp.explain.config import ExplainConfig
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="a workspace written by `autointerp collect` (the demo's)")
     parser.add_argument("--sae-name", default=None, help="which SAE of the workspace")
     parser.add_argument("--llm", default="local:smollm2", help="local:MODEL")
-    parser.add_argument("--llm-weights", choices=("auto", "int8", "full"), default="auto")
+    parser.add_argument("--llm-weights", choices=WEIGHT_FORMATS, default="auto")
     parser.add_argument("--features", default="middle:8", help="the features, one per row of the batch")
     parser.add_argument("--prompt", default="explain_v3", help="explain template")
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per path")

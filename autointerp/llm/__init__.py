@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 from autointerp.errors import UserError
-from autointerp.llm.base import ChatResult, LLMClient, LogprobsResult, Message, Status
+from autointerp.llm.base import WEIGHT_FORMATS, ChatResult, LLMClient, LogprobsResult, Message, Status
 
 __all__ = [
     "DEFAULT_LLM",
@@ -24,6 +24,7 @@ __all__ = [
     "LogprobsResult",
     "Message",
     "Status",
+    "WEIGHT_FORMATS",
     "add_llm_arguments",
     "client_from_args",
     "make_client",
@@ -111,7 +112,7 @@ def add_llm_arguments(parser: argparse.ArgumentParser, prefix: str = "", default
     group.add_argument(f"--{prefix}tokenizer", dest=f"{dest}tokenizer", default=None,
                        help="tokenizer of the served model (smollm2, a directory): enables prompt logprobs "
                        "for the simulator over HTTP")
-    group.add_argument(f"--{prefix}llm-weights", dest=f"{dest}llm_weights", choices=("auto", "int8", "full"),
+    group.add_argument(f"--{prefix}llm-weights", dest=f"{dest}llm_weights", choices=WEIGHT_FORMATS,
                        default=None,
                        help="embedded LLM (local:...): int8 keeps the decoder's linear weights as int8 with a scale "
                        "per row (half the memory of bf16), full as loaded; auto: the model's default")

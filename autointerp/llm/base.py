@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+#: `--llm-weights`: how the embedded LLM keeps its decoder weights (auto: the model's default, `llm_weights`).
+WEIGHT_FORMATS = ("auto", "int8", "full")
+
 
 class Status(str, enum.Enum):
     OK = "ok"

@@ -39,13 +39,10 @@ from typing import Any
 
 from autointerp.errors import UserError
 from autointerp.llm import shared_head
-from autointerp.llm.base import ChatResult, LogprobsResult, Message, Status, TokenLogprob
+from autointerp.llm.base import WEIGHT_FORMATS, ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.microbatch import MicroBatcher
 from autointerp.llm.prefix_cache import PrefixCache
 from autointerp.llm.replies import judge_reply
-
-#: `--llm-weights`: how the embedded LLM keeps its decoder weights (auto: the model's default, `llm_weights`).
-WEIGHT_FORMATS = ("auto", "int8", "full")
 
 # transformers 5.2x renames generate's/forward's `past_key_values` to `cache` and warns on every call (once per
 # batch: dozens of lines in a demo). The old name still works in every version we support; the new one does not
