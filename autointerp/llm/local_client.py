@@ -610,10 +610,7 @@ class LocalClient:
         """`_generate_group` with the shared head stored once (`shared_head.generate`; same replies up to
         float rounding, a finished row leaves the batch)."""
         tokenizer = lm.tokenizer
-        shared, past = 0, None
-        if self.prefix_cache is not None:
-            shared, past = self.prefix_cache.shared(prompts, limit=min(len(p) for p in prompts) - 1)
-            self.prefix_cache.stats.computed_tokens += sum(len(p) - shared for p in prompts)
+        shared, past = self._shared_prefix(prompts, min(len(p) for p in prompts) - 1, private=False)
         temperatures = [item.temperature for item in items]
         first = items[0]
         processors = list(self._grammars.logits_processors(lm, first.schema_key, len(items), stop_ids,
@@ -646,11 +643,9 @@ class LocalClient:
         """
         import torch
 
-        shared, past = 0, None
-        if self.prefix_cache is not None:
-            shared, past = self.prefix_cache.shared(prompts, limit=min(len(p) for p in prompts) - 1)
-            if past is not None and len(prompts) > 1:
-                past.batch_repeat_interleave(len(prompts))
+        shared, past = self._shared_prefix(prompts, min(len(p) for p in prompts) - 1, private=True)
+        if past is not None and len(prompts) > 1:
+            past.batch_repeat_interleave(len(prompts))
         tails = [p[shared:] for p in prompts]
         width = max(len(t) for t in tails)
         input_ids = torch.full((len(prompts), shared + width), pad, dtype=torch.long)
@@ -660,9 +655,16 @@ class LocalClient:
             attention_mask[row, :shared] = 1
             input_ids[row, shared + width - len(tail):] = torch.tensor(tail, dtype=torch.long)
             attention_mask[row, shared + width - len(tail):] = 1
-        if self.prefix_cache is not None:
-            self.prefix_cache.stats.computed_tokens += sum(len(t) for t in tails)
         return {"input_ids": input_ids, "attention_mask": attention_mask}, past
+
+    def _shared_prefix(self, prompts: list[list[int]], limit: int, private: bool) -> tuple[int, Any]:
+        """(P, the batch-size-1 KV cache of the prompts' shared head of P tokens) from the prefix cache, or (0, None);
+        counts the tokens the batch still has to compute. `private`: a copy the caller may extend."""
+        if self.prefix_cache is None:
+            return 0, None
+        shared, past = self.prefix_cache.shared(prompts, limit=limit, private=private)
+        self.prefix_cache.stats.computed_tokens += sum(len(p) - shared for p in prompts)
+        return shared, past
 
     def _prefill(self, lm: Any, encoded: dict[str, Any], past: Any) -> Any:
         """The KV cache after all but the last prompt position, read `prefill_chunk` positions at a time.
@@ -747,13 +749,10 @@ class LocalClient:
         pad = lm.tokenizer.pad_token_id or 0
         # A shared head (the simulator's instructions) comes from the prefix cache; every asked position
         # predicts from a hidden state after it, so each position p needs p - 1 >= the prefix length.
-        shared, past = 0, None
-        if self.prefix_cache is not None:
-            limit = min(min([len(i.token_ids)] + [p for p in i.positions]) - 1 for i in items)
-            shared, past = self.prefix_cache.shared([i.token_ids for i in items], limit=limit)
-            if past is not None and len(items) > 1:
-                past.batch_repeat_interleave(len(items))
-            self.prefix_cache.stats.computed_tokens += sum(len(i.token_ids) - shared for i in items)
+        limit = min(min([len(i.token_ids)] + [p for p in i.positions]) - 1 for i in items)
+        shared, past = self._shared_prefix([i.token_ids for i in items], limit, private=True)
+        if past is not None and len(items) > 1:
+            past.batch_repeat_interleave(len(items))
         length = max(len(item.token_ids) for item in items) - shared
         # Right padding: real tokens keep positions shared..n-1, exactly as in an unpadded forward pass.
         input_ids = torch.full((len(items), length), pad, dtype=torch.long)

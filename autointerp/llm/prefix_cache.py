@@ -65,11 +65,12 @@ class PrefixCache:
         self.entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self.stats = PrefixStats()
 
-    def shared(self, prompts: Sequence[Sequence[int]], limit: int) -> tuple[int, Any]:
+    def shared(self, prompts: Sequence[Sequence[int]], limit: int, private: bool = True) -> tuple[int, Any]:
         """(prefix length P, a private batch-size-1 copy of its cache) for `prompts`, or (0, None).
 
         `limit` caps P (each prompt must keep at least its last token, and logprob positions, outside
-        the prefix). The copy is the caller's to extend: kept entries never change.
+        the prefix). The copy is the caller's to extend: kept entries never change. `private=False`: the kept
+        entry itself, for a caller that only reads it (shared-head generation).
         """
         n = min(common_prefix_len(prompts), limit)
         head = tuple(prompts[0][:n])
@@ -89,4 +90,4 @@ class PrefixCache:
             return 0, None
         self.entries.move_to_end(best)
         self.stats.reused_tokens += len(best) * len(prompts)
-        return len(best), copy.deepcopy(self.entries[best])
+        return len(best), copy.deepcopy(self.entries[best]) if private else self.entries[best]

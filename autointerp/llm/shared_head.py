@@ -222,7 +222,7 @@ def generate(
     scores_out: list[list[Any]] | None = [[] for _ in rows] if keep_scores else None
     live = list(range(n))
     last_tokens = torch.zeros(n, dtype=torch.long)
-    history: list[Any] = []
+    seen = torch.zeros((n, 0), dtype=torch.long)   # each row's tokens so far, for the processors
     with torch.inference_mode(), _active(model, cache):
         hidden = None
         for first in range(0, width, chunk or width):
@@ -239,8 +239,6 @@ def generate(
         for step in range(longest):
             scores = torch.zeros((n, logits.shape[-1]), dtype=torch.float32, device=device)
             scores[live] = logits
-            history.append(last_tokens.clone())
-            seen = torch.stack(history[1:], dim=1) if len(history) > 1 else torch.zeros((n, 0), dtype=torch.long)
             for processor in processors:
                 scores = processor(seen, scores)
             chosen = scores[live].argmax(-1)
@@ -259,6 +257,7 @@ def generate(
                             or (done is not None and done(row, replies[row])))
                 if not finished:
                     still.append(i)
+            seen = torch.cat([seen, last_tokens.unsqueeze(1)], dim=1)
             if not still:
                 break
             if len(still) < len(live):
