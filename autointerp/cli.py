@@ -99,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if argv is None and args.command == "collect":
-        # This process only collects (a pipeline calls main(argv) in one process and runs an LLM later).
-        from autointerp.collect.malloc import bound_kernel_cache
+    # Before this process's first matmul. A process that only collects gets collect's smaller bound (a
+    # pipeline calls main(argv) in one process and may run an LLM later).
+    from autointerp.kernel_cache import (
+        COLLECT_KERNEL_CACHE_ENTRIES,
+        KERNEL_CACHE_ENTRIES,
+        bound_kernel_caches,
+    )
 
-        bound_kernel_cache()
+    bound_kernel_caches(COLLECT_KERNEL_CACHE_ENTRIES if argv is None and args.command == "collect" else
+                        KERNEL_CACHE_ENTRIES)
     try:
         result = args.func(args)
     except UserError as exc:

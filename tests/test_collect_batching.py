@@ -146,23 +146,29 @@ def test_batches_come_in_a_bounded_set_of_shapes_whatever_the_corpus_size() -> N
     assert len(shapes) <= batching.ROW_STEPS * (ctx_len // batching.WIDTH_STEP)
 
 
-def test_only_a_collect_only_process_caps_the_kernel_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`autointerp collect` as its own process caps oneDNN's primitive cache (peak RSS flat in corpus size);
-    the same stage called by a pipeline (main(argv), an embedded LLM may follow in the process) does not,
-    and a value the user set is never overridden."""
+def test_only_a_collect_only_process_gets_the_small_kernel_caches(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """`autointerp collect` as its own process caps the kernel caches at collect's size (peak RSS flat in corpus
+    size); the same stage called by a pipeline (main(argv), an embedded LLM may follow in the process) gets the
+    LLM-sized bound, and a value the user set is never overridden."""
     from autointerp import cli
-    from autointerp.collect.malloc import COLLECT_KERNEL_CACHE, KERNEL_CACHE_ENV
+    from autointerp.kernel_cache import COLLECT_KERNEL_CACHE_ENTRIES, KERNEL_CACHE_ENTRIES, KERNEL_CACHE_VARS
 
     argv = ["collect", "--model", "smollm2", "--hook", "layers.3", "--sae", str(tmp_path / "missing"),
             "--corpus", "wiki", "--db", str(tmp_path / "run.duckdb")]
-    monkeypatch.setenv(KERNEL_CACHE_ENV, "1024")  # records the original state, so teardown restores it
-    monkeypatch.delenv(KERNEL_CACHE_ENV)
+    for name in KERNEL_CACHE_VARS:
+        monkeypatch.setenv(name, "1024")  # records the original state, so teardown restores it
+        monkeypatch.delenv(name)
     assert cli.main(argv) == 2  # the missing SAE stops it before any model loads
-    assert KERNEL_CACHE_ENV not in os.environ
+    assert [os.environ[name] for name in KERNEL_CACHE_VARS] == [str(KERNEL_CACHE_ENTRIES)] * 2
+    for name in KERNEL_CACHE_VARS:
+        monkeypatch.delenv(name)
     monkeypatch.setattr(sys, "argv", ["autointerp", *argv])
     assert cli.main() == 2
-    assert os.environ[KERNEL_CACHE_ENV] == str(COLLECT_KERNEL_CACHE)
-    monkeypatch.setenv(KERNEL_CACHE_ENV, "512")
+    assert [os.environ[name] for name in KERNEL_CACHE_VARS] == [str(COLLECT_KERNEL_CACHE_ENTRIES)] * 2
+    monkeypatch.setenv(KERNEL_CACHE_VARS[0], "512")
+    monkeypatch.delenv(KERNEL_CACHE_VARS[1])
     assert cli.main() == 2
-    assert os.environ[KERNEL_CACHE_ENV] == "512"
+    assert os.environ[KERNEL_CACHE_VARS[0]] == "512"
+    assert os.environ[KERNEL_CACHE_VARS[1]] == str(COLLECT_KERNEL_CACHE_ENTRIES)
     assert not (tmp_path / "run.duckdb").exists()

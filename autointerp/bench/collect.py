@@ -137,9 +137,9 @@ def run_child(args: argparse.Namespace) -> dict[str, float]:
     """One size, in this process: returns the measurements."""
     import resource
 
-    from autointerp.collect.malloc import bound_kernel_cache
+    from autointerp.kernel_cache import COLLECT_KERNEL_CACHE_ENTRIES, bound_kernel_caches
 
-    bound_kernel_cache()  # this child only collects, as `autointerp collect` does; before its first matmul
+    bound_kernel_caches(COLLECT_KERNEL_CACHE_ENTRIES)  # this child only collects, as `autointerp collect` does; before its first matmul
     import torch
 
     torch.set_num_threads(args.threads)

@@ -57,11 +57,12 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
     """One side, in this process, after loading the model: its wall seconds, tokens and peak RSS."""
     import torch
 
-    from autointerp.collect.malloc import bound_kernel_cache
+    from autointerp.kernel_cache import COLLECT_KERNEL_CACHE_ENTRIES, bound_kernel_caches
     from autointerp.models import load_model
 
     if args.child == "collect":
-        bound_kernel_cache()  # as `autointerp collect` does, before this process's first matmul
+        # as `autointerp collect` does, before this process's first matmul
+        bound_kernel_caches(COLLECT_KERNEL_CACHE_ENTRIES)
     torch.set_num_threads(args.threads)
     lm = load_model("smollm2", device="cpu", dtype="bfloat16")
     batch_size = max(1, args.batch_tokens // args.ctx_len)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -44,27 +43,3 @@ def keep_freed_buffers() -> bool:
     if not applied:
         log.debug("mallopt refused the thresholds; freed buffers go back to the OS as before")
     return applied
-
-
-#: oneDNN (the CPU kernels behind bf16 matmuls) keeps every primitive it has built, 1,024 by default, each
-#: with its own buffers, keyed by input shape. Collect's batch shapes come from a bounded ladder, but the
-#: ladder still has ~4 x ctx_len / 8 shapes and attention adds its own per-length kernels: peak RSS of a
-#: ctx-256 collect grew 1,419 -> 1,688 MB from 65k to 1M tokens with the default, and stayed flat with 4
-#: (1,376 -> 1,381 MB) at the same tokens/s. Four holds one batch's distinct linear shapes (576->576,
-#: 576->192, 576->1536, 1536->576 for SmolLM2), so a batch re-creates its kernels once, not per layer.
-KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
-COLLECT_KERNEL_CACHE = 4
-
-
-def bound_kernel_cache() -> bool:
-    """Cap oneDNN's primitive cache for a process that only collects; True when this set it.
-
-    oneDNN reads the variable once, when it builds its first primitive, so this must run before the
-    first matmul and affects the whole process. It is therefore only called where the process does
-    nothing else (`autointerp collect` run as its own command, the benchmark's collect child), never
-    inside a pipeline that runs an embedded LLM afterwards: an LLM decode step needs ~5 kernel shapes
-    at once, and a cache of 4 would rebuild each of them every step. A value the user set is kept."""
-    if KERNEL_CACHE_ENV in os.environ:
-        return False
-    os.environ[KERNEL_CACHE_ENV] = str(COLLECT_KERNEL_CACHE)
-    return True

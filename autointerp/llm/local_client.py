@@ -153,8 +153,11 @@ class _LogprobsItem:
     top_n: int
 
 
-#: Asked positions whose vocabulary-wide logprobs are computed at once (float32 [64, 151,936]: 39 MB for Qwen).
-LOGPROB_POSITIONS = 64
+#: Asked positions whose vocabulary-wide logprobs are computed at once: 32 positions hold ~50 MB for Qwen (the
+#: bf16 logits, their float32 copy, the log-softmax). With 64, qwen0.5b's simulation peaked ~100 MB higher
+#: (1,650 vs 1,545 MB with 16 on 8 demo features); 32 took 1.02x the time of 64 and 16 took 1.09x (the
+#: vocabulary-wide product is less efficient with fewer rows; `_logprobs_chunk` on ~1,000-token prompts).
+LOGPROB_POSITIONS = 32
 
 #: One prompt's answer: the top-N {token id: logprob} per asked position, and the prompt token's logprob there.
 _Logprobs = tuple[list[dict[int, float]], list[float]]
@@ -374,6 +377,9 @@ class LocalClient:
         prefill_chunk: int | None = None,
         shared_head: bool = True,
     ) -> None:
+        from autointerp.kernel_cache import bound_kernel_caches
+
+        bound_kernel_caches()  # memory flat in the number of prompt lengths met (for callers other than the CLI)
         self.spec = spec
         self.model_name = f"local:{spec}"
         self.device = device
@@ -733,13 +739,24 @@ class LocalClient:
         for item in items:
             longest = max([len(i.token_ids) for i in chunk] + [len(item.token_ids)])
             if chunk and longest * (len(chunk) + 1) > self.max_batch_tokens:
-                out += _isolated(self._logprobs_chunk, chunk, _describe)
+                out += self._logprobs_isolated(chunk)
                 chunk = []
             chunk.append(item)
         if chunk:
-            out += _isolated(self._logprobs_chunk, chunk, _describe)
-        release_free_memory()
+            out += self._logprobs_isolated(chunk)
         return out
+
+    def _logprobs_isolated(self, chunk: list[_LogprobsItem]) -> list[_Logprobs | str]:
+        """One forward pass's results (an error text per item on failure), its freed memory handed back.
+
+        Why trim after every pass, not every batch: each pass's prompt has another length, so its activations
+        have other sizes, and the heap reused little of what the pass before freed: within a batch of 8 qwen0.5b
+        simulation requests (~1,000 tokens each, one per pass) the resting RSS rose by 20-100 MB per pass,
+        ~250 MB by the batch's end, on top of which the last pass's ~100 MB of activations set the peak."""
+        try:
+            return _isolated(self._logprobs_chunk, chunk, _describe)
+        finally:
+            release_free_memory()
 
     def _logprobs_chunk(self, items: list[_LogprobsItem]) -> list[_Logprobs]:
         import torch
@@ -775,6 +792,10 @@ class LocalClient:
                 logits = None
             else:
                 logits = model(**inputs, use_cache=past is not None).logits
+            # The pass's KV cache and freed activations go before the vocabulary-wide logprobs: otherwise their
+            # heap pages (~250 MB for a qwen0.5b simulation prompt) stay resident under those.
+            del inputs, past
+            release_free_memory()
             results = []
             for row, item in enumerate(items):
                 top: list[dict[int, float]] = []
