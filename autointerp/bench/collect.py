@@ -139,7 +139,8 @@ def run_child(args: argparse.Namespace) -> dict[str, float]:
 
     from autointerp.kernel_cache import COLLECT_KERNEL_CACHE_ENTRIES, bound_kernel_caches
 
-    bound_kernel_caches(COLLECT_KERNEL_CACHE_ENTRIES)  # this child only collects, as `autointerp collect` does; before its first matmul
+    # this child only collects, as `autointerp collect` does; before its first matmul
+    bound_kernel_caches(COLLECT_KERNEL_CACHE_ENTRIES)
     import torch
 
     torch.set_num_threads(args.threads)
