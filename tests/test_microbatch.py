@@ -10,13 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from autointerp.llm.microbatch import MicroBatcher
 
 
-def _batcher(run_s: float, wait_s: float = 0.005, max_settle_s: float = 0.1) -> MicroBatcher[int, int]:
+def _batcher(run_s: float, wait_s: float = 0.005, max_settle_s: float = 0.1, prefer=None,
+             batches: list[list[int]] | None = None) -> MicroBatcher[int, int]:
     def run(items: list[int]) -> list[int]:
+        if batches is not None:
+            batches.append(list(items))
         time.sleep(run_s)
         return [item * 10 for item in items]
 
     return MicroBatcher(run, ThreadPoolExecutor(max_workers=1), max_batch_size=8, wait_s=wait_s,
-                        max_settle_s=max_settle_s)
+                        max_settle_s=max_settle_s, prefer=prefer)
 
 
 def _retry_and_next(batcher: MicroBatcher[int, int], next_after_s: float) -> list[int]:
@@ -48,3 +51,28 @@ def test_a_short_batch_keeps_the_short_window() -> None:
     batcher = _batcher(run_s=0.02)   # 20 ms batch: 5 ms window (1 ms settle), a 20 ms reaction misses it
     assert _retry_and_next(batcher, next_after_s=0.01) == [40, 20]
     assert batcher.batch_sizes == [1, 1, 1]
+
+
+def test_with_more_calls_waiting_than_a_batch_takes_the_preferred_go_first() -> None:
+    """20 calls waiting, batches of 8: a caller that asks again at once (explain's retry) is in the very next
+    batch when `prefer` picks it (the embedded backend: a prompt whose read state it keeps), not behind the
+    12 still waiting; without `prefer`, first come first served."""
+
+    def run(prefer) -> list[list[int]]:
+        batches: list[list[int]] = []
+        batcher = _batcher(run_s=0.05, prefer=prefer, batches=batches)
+
+        async def go() -> None:
+            async def one(item: int) -> None:
+                if await batcher.submit(item) == 30:   # item 3's caller asks again at once, as 103
+                    await batcher.submit(103)
+
+            await asyncio.gather(*[one(item) for item in range(20)])
+
+        asyncio.run(go())
+        return batches
+
+    preferred = run(lambda item: item >= 100)
+    assert preferred[0] == list(range(8)) and preferred[1][0] == 103 and preferred[1][1:] == list(range(8, 15))
+    plain = run(None)
+    assert plain[1] == list(range(8, 16)) and 103 in plain[2]

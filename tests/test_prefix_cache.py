@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from autointerp.llm.local_client import LocalClient
-from autointerp.llm.prefix_cache import PrefixCache, common_prefix_len
+from autointerp.llm.prefix_cache import PrefixCache, PromptStates, common_prefix_len
 
 
 def test_common_prefix_len() -> None:
@@ -109,7 +109,8 @@ def test_a_chunked_prefill_gives_the_same_replies_and_logprobs(client: LocalClie
         return [(r.text, [t.logprob for t in r.token_logprobs], [list(t.top) for t in r.token_logprobs or []])
                 for r in got]
 
-    kept = client.prefix_cache, client.prefill_chunk
+    kept = client.prefix_cache, client.prefill_chunk, client.prompt_states
+    client.prompt_states = PromptStates(0)  # every pass reads the prompts (kept states would skip the second)
     try:
         for prefix_cache in (kept[0], None):
             client.prefix_cache, client.prefill_chunk = prefix_cache, 0
@@ -124,4 +125,4 @@ def test_a_chunked_prefill_gives_the_same_replies_and_logprobs(client: LocalClie
                 assert logprobs_a == pytest.approx(logprobs_b, abs=1e-4)
     finally:
         handle.remove()
-        client.prefix_cache, client.prefill_chunk = kept
+        client.prefix_cache, client.prefill_chunk, client.prompt_states = kept

@@ -5,7 +5,9 @@ gathered into padded batches (see `microbatch.py`) and run in one worker thread,
 stays free. Chat uses the tokenizer's chat template; temperature 0 is greedy decoding.
 
 Generation goes through `shared_head.py` where the model family allows it (the prompts' shared head
-stored once, rows leaving the batch as they finish), else through transformers' `generate`.
+stored once, rows leaving the batch as they finish), else through transformers' `generate`. There the
+client also keeps what reading its last batch's prompts left (`prompt_states`), so the same prompt asked
+again soon (explain's retry of a rejected label) goes straight to generating.
 
 JSON replies are grammar-constrained with xgrammar (the engine vLLM uses for guided decoding) when
 it is installed (`pip install autointerp[embedded]`): the reply can then only be schema-valid JSON,
@@ -41,7 +43,7 @@ from autointerp.errors import UserError
 from autointerp.llm import shared_head
 from autointerp.llm.base import WEIGHT_FORMATS, ChatResult, LogprobsResult, Message, Status, TokenLogprob
 from autointerp.llm.microbatch import MicroBatcher
-from autointerp.llm.prefix_cache import PrefixCache
+from autointerp.llm.prefix_cache import PrefixCache, PromptStates
 from autointerp.llm.replies import judge_reply
 
 # transformers 5.2x renames generate's/forward's `past_key_values` to `cache` and warns on every call (once per
@@ -376,6 +378,7 @@ class LocalClient:
         prefix_entries: int = 4,
         prefill_chunk: int | None = None,
         shared_head: bool = True,
+        prompt_states: int | None = None,
     ) -> None:
         from autointerp.kernel_cache import bound_kernel_caches
 
@@ -407,11 +410,17 @@ class LocalClient:
         self._lm: Any = None
         self._load_lock = threading.Lock()
         self.prefix_cache = PrefixCache(self._prefix_kv, max_entries=prefix_entries) if prefix_entries else None
+        # The read state of the last batch's prompts: a retry of a rejected reply (same prompt) skips reading it.
+        self.prompt_states = PromptStates(max_batch_size if prompt_states is None else prompt_states)
         self._grammars = _Grammars()
         # One thread: the model is not used concurrently, and this CPU has few cores to share anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
         self._chat_batcher: MicroBatcher[_ChatItem, _Generated] = MicroBatcher(
-            self._generate_batch, self._executor, max_batch_size, batch_wait_s)
+            self._generate_batch, self._executor, max_batch_size, batch_wait_s,
+            prefer=lambda item: self.prompt_states.holds(item.prompt + item.prefill))
+        # (tokenizer, forced reply head) per schema, once known: a caller's next chat is then queued without a
+        # trip through the model's thread (which may be busy with a whole batch by then)
+        self._reply_heads: dict[str | None, tuple[Any, str]] = {}
         # A logprobs result is (top-N per position, the prompt token's logprob per position), or the error
         # text when the forward pass raised.
         self._logprobs_batcher: MicroBatcher[_LogprobsItem, _Logprobs | str] = MicroBatcher(
@@ -465,7 +474,10 @@ class LocalClient:
         wants_object = json_schema is not None and json_schema.get("type", "object") == "object"
         guided = json_schema is not None and self._grammars.available
         schema_key = self._schema_key(json_schema) if guided else None
-        tokenizer, forced = await asyncio.get_running_loop().run_in_executor(self._executor, self._reply_head, schema_key)
+        if schema_key not in self._reply_heads:
+            self._reply_heads[schema_key] = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._reply_head, schema_key)
+        tokenizer, forced = self._reply_heads[schema_key]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if guided:
             prefill = forced if self.json_prefill else ""
@@ -630,11 +642,17 @@ class LocalClient:
                 item.prefill + tokenizer.decode(ids, skip_special_tokens=True)) is not None
 
         seeds = [item.seed for item in items if item.temperature > 0] or [first.seed]
+        rows = [shared_head.Row(p[shared:], item.max_tokens, item.temperature,
+                                self.prompt_states.get(shared, item.prompt + item.prefill))
+                for p, item in zip(prompts, items, strict=True)]
+        if self.prefix_cache is not None:  # a known tail is not read again
+            known = sum(len(row.tail) for row in rows if row.known is not None)
+            self.prefix_cache.stats.computed_tokens -= known
+            self.prefix_cache.stats.reused_tokens += known
         replies, scores = shared_head.generate(
-            lm, past, shared,
-            [shared_head.Row(p[shared:], item.max_tokens, item.temperature) for p, item in zip(prompts, items, strict=True)],
-            stop_ids=stop_ids, processors=processors, done=done,
+            lm, past, shared, rows, stop_ids=stop_ids, processors=processors, done=done,
             keep_scores=any(item.top_logprobs > 0 for item in items), chunk=self.prefill_chunk, seed=seeds[0],
+            remember=lambda row, state: self.prompt_states.put(shared, items[row].prompt + items[row].prefill, state),
         )
         return [self._reply(tokenizer, item, replies[row], set(stop_ids), None if scores is None else scores[row],
                             len(prompts[row]))
@@ -734,6 +752,7 @@ class LocalClient:
 
     def _logprobs_batch(self, items: list[_LogprobsItem]) -> list[_Logprobs | str]:
         """Teacher-forced forward passes, a token budget at a time, keeping logits only where asked."""
+        self.prompt_states.clear()  # kept for a retry in the next generate batch; a scoring pass ends that round
         out: list[_Logprobs | str] = []
         chunk: list[_LogprobsItem] = []
         for item in items:

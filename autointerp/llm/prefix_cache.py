@@ -15,6 +15,7 @@ starts with a kept prefix reuses it; a lone prompt's own text is never kept (not
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,3 +92,47 @@ class PrefixCache:
         self.entries.move_to_end(best)
         self.stats.reused_tokens += len(best) * len(prompts)
         return len(best), copy.deepcopy(self.entries[best]) if private else self.entries[best]
+
+
+class PromptStates:
+    """The read state of the most recent whole prompts (`shared_head.PromptState`), keyed by their text and the
+    length of the shared head they were read after, least recently used out.
+
+    Why: explain retries a reply the label check rejects with the very same prompt, sampled hotter; reading its
+    ~480-token tail again cost as much as a new feature (SmolLM2, 48 demo features: 7-9 retries). Keeping the
+    states of the last batch's rows (`max_entries`: the batch size; each a tail's keys and values, ~11 MB for
+    SmolLM2) lets a retry skip straight to generating, and the micro-batcher takes such a prompt first
+    (`holds`), before its state is pushed out. Thread-safe: the batcher asks from the event loop while the
+    model's thread adds states.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, head_length: int, prompt: str) -> Any:
+        """The kept state of `prompt` read after its first `head_length` tokens, or None."""
+        with self._lock:
+            state = self.entries.get((head_length, prompt))
+            if state is not None:
+                self.entries.move_to_end((head_length, prompt))
+            return state
+
+    def holds(self, prompt: str) -> bool:
+        """Whether a state of `prompt` is kept (after any head)."""
+        with self._lock:
+            return any(text == prompt for _, text in self.entries)
+
+    def put(self, head_length: int, prompt: str, state: Any) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self.entries[(head_length, prompt)] = state
+            self.entries.move_to_end((head_length, prompt))
+            while len(self.entries) > self.max_entries:
+                self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.entries.clear()
