@@ -63,6 +63,11 @@ class _ChatItem:
     schema_key: str | None = None      # canonical JSON of the schema, for grammar-guided decoding
     top_logprobs: int = 0              # > 0: return each reply token with its top-N alternatives
 
+    @property
+    def text(self) -> str:
+        """What the model reads: the prompt and the reply's start (also the key of its kept read state)."""
+        return self.prompt + self.prefill
+
 
 @dataclass
 class _Generated:
@@ -417,7 +422,7 @@ class LocalClient:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autointerp-local-llm")
         self._chat_batcher: MicroBatcher[_ChatItem, _Generated] = MicroBatcher(
             self._generate_batch, self._executor, max_batch_size, batch_wait_s,
-            prefer=lambda item: self.prompt_states.holds(item.prompt + item.prefill))
+            prefer=lambda item: self.prompt_states.holds(item.text))
         # (tokenizer, forced reply head) per schema, once known: a caller's next chat is then queued without a
         # trip through the model's thread (which may be busy with a whole batch by then)
         self._reply_heads: dict[str | None, tuple[Any, str]] = {}
@@ -541,7 +546,7 @@ class LocalClient:
 
         lm = self._load()
         tokenizer, model = lm.tokenizer, lm.model
-        prompts = [tokenizer(item.prompt + item.prefill, add_special_tokens=False)["input_ids"] for item in items]
+        prompts = [tokenizer(item.text, add_special_tokens=False)["input_ids"] for item in items]
         stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         configured_eos = model.generation_config.eos_token_id
         stop_ids |= set(configured_eos if isinstance(configured_eos, list) else [configured_eos])
@@ -643,7 +648,7 @@ class LocalClient:
 
         seeds = [item.seed for item in items if item.temperature > 0] or [first.seed]
         rows = [shared_head.Row(p[shared:], item.max_tokens, item.temperature,
-                                self.prompt_states.get(shared, item.prompt + item.prefill))
+                                self.prompt_states.get(shared, item.text))
                 for p, item in zip(prompts, items, strict=True)]
         if self.prefix_cache is not None:  # a known tail is not read again
             known = sum(len(row.tail) for row in rows if row.known is not None)
@@ -652,7 +657,7 @@ class LocalClient:
         replies, scores = shared_head.generate(
             lm, past, shared, rows, stop_ids=stop_ids, processors=processors, done=done,
             keep_scores=any(item.top_logprobs > 0 for item in items), chunk=self.prefill_chunk, seed=seeds[0],
-            remember=lambda row, state: self.prompt_states.put(shared, items[row].prompt + items[row].prefill, state),
+            remember=lambda row, state: self.prompt_states.put(shared, items[row].text, state),
         )
         return [self._reply(tokenizer, item, replies[row], set(stop_ids), None if scores is None else scores[row],
                             len(prompts[row]))

@@ -382,10 +382,9 @@ def _assemble(head: Any, rows: Sequence[Row], fresh: list[int], read: SharedHead
     hidden = sample.hidden.new_empty((len(rows), sample.hidden.shape[-1]))
     if read is not None:
         read_width = max(len(rows[i].tail) for i in fresh)
-        for layer in range(layers):
-            for target in (cache.keys, cache.values):
-                source = read.keys if target is cache.keys else read.values
-                target[layer][fresh, :, width - read_width : width] = source[layer][:, :, :read_width]
+        for targets, sources in ((cache.keys, read.keys), (cache.values, read.values)):
+            for target, source in zip(targets, sources, strict=True):
+                target[fresh, :, width - read_width : width] = source[:, :, :read_width]
         hidden[fresh] = hidden_read
     for i, row in enumerate(rows):
         if row.known is not None:
